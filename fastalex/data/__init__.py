@@ -1,0 +1,44 @@
+"""Data: the built-in dataset, the paper's transforms and ImageFolder loading."""
+
+from fastalex.data.builtin import CLASSES, default_cache_dir, ensure_builtin_dataset
+from fastalex.data.datasets import (
+    CorruptImageWarning,
+    DataError,
+    EncodedImageFolder,
+    SafeImageFolder,
+    build_datasets,
+    collate_encoded,
+    collate_skip_none,
+    decode_images,
+)
+from fastalex.data.stats import ImageStats, load_or_compute_stats
+from fastalex.data.transforms import (
+    BatchTrainTransform,
+    PCALighting,
+    SubtractMean,
+    ToFloat255,
+    eval_transform,
+    train_transform,
+)
+
+__all__ = [
+    "CLASSES",
+    "BatchTrainTransform",
+    "CorruptImageWarning",
+    "DataError",
+    "EncodedImageFolder",
+    "ImageStats",
+    "PCALighting",
+    "SafeImageFolder",
+    "SubtractMean",
+    "ToFloat255",
+    "build_datasets",
+    "collate_encoded",
+    "collate_skip_none",
+    "decode_images",
+    "default_cache_dir",
+    "ensure_builtin_dataset",
+    "eval_transform",
+    "load_or_compute_stats",
+    "train_transform",
+]

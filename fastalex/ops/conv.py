@@ -1,0 +1,208 @@
+"""2-D convolution (+ bias, + ReLU) on the implicit-GEMM kernels of ``kernels/conv.py``.
+
+Layout: the kernels work channels-last (NHWC). Inputs in either memory format are accepted
+(NCHW ones are converted once, which costs a copy); the output has the logical NCHW shape of
+``torch.nn.functional.conv2d`` but is **channels-last in memory**, so the next layer reads it
+without a copy. The weight keeps ``nn.Conv2d``'s shape [Cout, Cin/groups, KH, KW]; the kernels
+read it as [Cout, KH, KW, Cin/groups], a free view when the weight is channels-last and a small
+copy otherwise. Its gradient comes back in the weight's own shape and memory format.
+
+The ReLU variant saves its output, not the pre-activation: the backward takes the ReLU mask
+from ``output > 0`` (one elementwise pass before the two GEMMs, or inside grad-weight when
+that is cheaper; see ``kernels.conv.relu_grad_in_kernels``). An RGB input (3 channels,
+groups=1) is stored with a zero fourth channel for the kernels (see ``Conv2dFunction``).
+Under ``torch.autocast`` the input, weight and bias are cast to the autocast dtype, as
+``F.conv2d`` does. fp32 follows ``torch.backends.cudnn.allow_tf32``.
+"""
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from fastalex.backend import uses_triton
+from fastalex.kernels._runtime import tf32_allowed
+from fastalex.kernels.conv import (
+    conv2d_forward,
+    conv2d_input_grad,
+    conv2d_relu_grad,
+    conv2d_weight_grad,
+    output_size,
+    relu_grad_in_kernels,
+)
+from fastalex.ops._checks import check_int, check_same, check_tensor, pair
+from fastalex.ops._registry import kernel_op
+
+_CL = torch.channels_last
+
+
+def _forward_fake(x, weight, bias, stride, padding, groups, relu, tf32):
+    n, _, h, w = x.shape
+    cout, kh, kw, _ = weight.shape
+    oh = output_size(h, kh, stride[0], padding[0])
+    ow = output_size(w, kw, stride[1], padding[1])
+    return torch.empty((n, cout, oh, ow), dtype=x.dtype, device=x.device, memory_format=_CL)
+
+
+def _input_grad_fake(grad_out, weight, input_hw, stride, padding, groups, tf32):
+    n = grad_out.shape[0]
+    cin = weight.shape[3] * groups
+    return torch.empty((n, cin, *input_hw), dtype=grad_out.dtype, device=grad_out.device,
+                       memory_format=_CL)
+
+
+def _weight_grad_fake(grad_out, out, x, weight_shape, stride, padding, groups, relu, has_bias,
+                      tf32, channels_last):
+    cout = grad_out.shape[1]
+    fmt = _CL if channels_last else torch.contiguous_format
+    dw = torch.empty(weight_shape, dtype=grad_out.dtype, device=grad_out.device,
+                     memory_format=fmt)
+    db = torch.empty((cout if has_bias else 0,), dtype=grad_out.dtype, device=grad_out.device)
+    return dw, db
+
+
+def _relu_grad_fake(grad_out, out):
+    return torch.empty(grad_out.shape, dtype=grad_out.dtype, device=grad_out.device,
+                       memory_format=_CL)
+
+
+_forward = kernel_op("conv2d_forward", conv2d_forward, _forward_fake)
+_relu_grad = kernel_op("conv2d_relu_grad", conv2d_relu_grad, _relu_grad_fake)
+_input_grad = kernel_op("conv2d_input_grad", conv2d_input_grad, _input_grad_fake)
+_weight_grad = kernel_op("conv2d_weight_grad", conv2d_weight_grad, _weight_grad_fake)
+
+
+class Conv2dFunction(torch.autograd.Function):
+    """act(conv2d(x, w) + b), act = ReLU or identity; saves x, the packed w and (ReLU) y."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, groups, relu):
+        w_packed = weight.permute(0, 2, 3, 1).contiguous()  # free for a channels-last weight
+        ctx.rgb = groups == 1 and x.shape[1] == 3
+        if ctx.rgb:
+            # RGB input: a zero 4th channel makes a pixel 8 bytes (fp16/bf16), so the patch
+            # gather runs as 8-byte cp.async vectors instead of 2-byte loads, for 4/3 of the
+            # MMA work (sm_90 SASS compiled offline: LDGSTS.64 instead of LDG.U16 + STS.U16,
+            # 128 instead of 255 registers). The copy also does the NHWC conversion an NCHW
+            # image needs anyway.
+            x = F.pad(x.permute(0, 2, 3, 1), (0, 1)).contiguous().permute(0, 3, 1, 2)
+            w_packed = F.pad(w_packed, (0, 1))
+        else:
+            x = x.contiguous(memory_format=_CL)
+        tf32 = tf32_allowed("conv")
+        y = _forward(x, w_packed, bias, stride, padding, groups, relu, tf32)
+        ctx.save_for_backward(x, w_packed, y if relu else None)
+        ctx.conv = (stride, padding, groups, relu, tf32)
+        ctx.has_bias = bias is not None
+        ctx.weight_shape = list(weight.shape)
+        ctx.weight_channels_last = (not weight.is_contiguous()
+                                    and weight.is_contiguous(memory_format=_CL))
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, w_packed, y = ctx.saved_tensors
+        stride, padding, groups, relu, tf32 = ctx.conv
+        grad_out = grad_out.contiguous(memory_format=_CL)
+        dx = dw = db = None
+        if relu and not relu_grad_in_kernels(ctx.needs_input_grad[0], ctx.weight_shape, groups,
+                                             grad_out.element_size()):
+            grad_out, y, relu = _relu_grad(grad_out, y), None, False
+        if ctx.needs_input_grad[0]:
+            dx = _input_grad(grad_out, w_packed, list(x.shape[2:]), stride, padding, groups,
+                             tf32)
+            if ctx.rgb:
+                dx = dx[:, :3]
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            dw, db = _weight_grad(grad_out, y, x, ctx.weight_shape, stride, padding, groups,
+                                  relu, ctx.has_bias, tf32, ctx.weight_channels_last)
+            if not ctx.has_bias:
+                db = None
+        return dx, dw, db, None, None, None, None
+
+
+def _validate(input, weight, bias, stride, padding, groups):
+    """Every argument check, before any kernel runs; returns (stride, padding, groups).
+
+    Under autocast mixed dtypes are allowed (they are cast, as for F.conv2d); devices never mix.
+    """
+    check_tensor("input", input, dims=(3, 4))
+    check_tensor("weight", weight, dims=(4,))
+    if bias is not None:
+        check_tensor("bias", bias, dims=(1,))
+    mixed_ok = torch.is_autocast_enabled(input.device.type)
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and t.device != input.device:
+            raise ValueError(f"{name} must be on input's device {input.device}, got {t.device}")
+        if t is not None and not mixed_ok:
+            check_same(name, t, "input", input)
+    stride = pair("stride", stride, minimum=1)
+    padding = pair("padding", padding, minimum=0)
+    groups = check_int("groups", groups, minimum=1)
+    cout, cin_g, kh, kw = weight.shape
+    if min(cin_g, kh, kw) == 0:
+        raise ValueError(f"weight must have non-zero in-channel and kernel sizes, got shape "
+                         f"{tuple(weight.shape)}")
+    cin, h, w = input.shape[-3:]
+    if cin % groups != 0:
+        raise ValueError(f"groups={groups} must divide the input's {cin} channels")
+    if cout % groups != 0:
+        raise ValueError(f"groups={groups} must divide the {cout} output channels "
+                         f"(weight.shape[0])")
+    if cin != cin_g * groups:
+        raise ValueError(f"input has {cin} channels but weight expects weight.shape[1] * groups "
+                         f"= {cin_g} * {groups} = {cin_g * groups}")
+    if bias is not None and tuple(bias.shape) != (cout,):
+        raise ValueError(f"bias must have shape ({cout},) (weight.shape[0]), got "
+                         f"{tuple(bias.shape)}")
+    if h + 2 * padding[0] < kh or w + 2 * padding[1] < kw:
+        raise ValueError(f"weight's kernel {kh}x{kw} is larger than the padded input "
+                         f"{h + 2 * padding[0]}x{w + 2 * padding[1]}")
+    return stride, padding, groups
+
+
+def _autocast(device_type, *tensors):
+    """Cast like autocast does for F.conv2d: floating tensors other than fp64 go to the autocast
+    dtype while autocast is on for the tensors' device type."""
+    if not torch.is_autocast_enabled(device_type):
+        return tensors
+    dtype = torch.get_autocast_dtype(device_type)
+
+    def cast(t):
+        if t is None or t.dtype in (dtype, torch.float64):
+            return t
+        # channels-last in the same copy: the kernels would convert a NCHW input anyway
+        fmt = _CL if t.dim() == 4 else torch.preserve_format
+        return t.to(dtype=dtype, memory_format=fmt)
+
+    return tuple(cast(t) for t in tensors)
+
+
+def _conv(input, weight, bias, stride, padding, groups, relu):
+    stride, padding, groups = _validate(input, weight, bias, stride, padding, groups)
+    if not uses_triton(input):
+        y = F.conv2d(input, weight, bias, stride, padding, 1, groups)
+        return F.relu(y) if relu else y
+    input, weight, bias = _autocast(input.device.type, input, weight, bias)
+    check_same("weight", weight, "input", input)
+    if bias is not None:
+        check_same("bias", bias, "input", input)
+    if input.dim() == 3:  # unbatched, as F.conv2d allows
+        return Conv2dFunction.apply(input.unsqueeze(0), weight, bias, list(stride),
+                                    list(padding), groups, relu).squeeze(0)
+    return Conv2dFunction.apply(input, weight, bias, list(stride), list(padding), groups, relu)
+
+
+def conv2d(input, weight, bias: Optional[torch.Tensor] = None, stride=1, padding=0, groups=1):
+    """``torch.nn.functional.conv2d`` (zero padding, dilation 1) as an implicit GEMM.
+
+    Returns the logical NCHW result in channels-last memory on the Triton path.
+    """
+    return _conv(input, weight, bias, stride, padding, groups, relu=False)
+
+
+def conv2d_relu(input, weight, bias: Optional[torch.Tensor] = None, stride=1, padding=0,
+                groups=1):
+    """``F.relu(F.conv2d(input, weight, bias, stride, padding, groups=groups))`` in one kernel
+    (bias and ReLU in the GEMM's epilogue); output channels-last in memory."""
+    return _conv(input, weight, bias, stride, padding, groups, relu=True)

@@ -1,0 +1,228 @@
+"""The training and evaluation CLIs on a tiny generated dataset.
+
+Runs in this process call ``fastalex.train.main`` inside ``fastalex.reference_ops()`` (the
+kernels have their own tests; the interpreter would take minutes); one run goes through
+``python -m fastalex.train`` in a subprocess without TRITON_INTERPRET, exactly as a user runs it
+(on a CPU that is the PyTorch reference path too).
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import fastalex
+from fastalex import checkpoint, evaluate, train
+from fastalex.data.builtin import ensure_builtin_dataset
+
+# The in-process runs stay on the CPU even on a CUDA machine: exact resume is a CPU promise
+# (cuDNN's autotuned convolutions are not bit-reproducible).
+TINY = ["--image-size", "70", "--crop", "67", "-b", "8", "-j", "0", "--no-progress",
+        "--device", "cpu"]
+CUDA = torch.cuda.is_available()
+TIMING = ("images_per_s", "train_seconds", "seconds")
+ROW_KEYS = {"epoch", "train_loss", "val_top1_error", "val_top5_error", "lr", "images_per_s",
+            "seconds"}
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    """10 classes, 4 training and 2 validation images each, 72 px."""
+    root = tmp_path_factory.mktemp("data") / "tiny"
+    return ensure_builtin_dataset(root, image_size=72, train_per_class=4, val_per_class=2,
+                                  progress=False, workers=1)
+
+
+def main_in_process(args) -> int:
+    with fastalex.reference_ops():
+        return train.main([str(a) for a in args])
+
+
+def rows(output_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def subprocess_env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def test_cli_run_on_the_builtin_dataset(tmp_path):
+    """`python -m fastalex.train` with the built-in data (tiny override), as a user runs it: on
+    the default device (the Triton kernels on a CUDA machine)."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "fastalex.train", "--epochs", "2", "--output-dir", str(out),
+           "--builtin-image-size", "72", "--builtin-train-per-class", "4",
+           "--builtin-val-per-class", "2", "--image-size", "70", "--crop", "67", "-b", "8",
+           "-j", "0"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env=subprocess_env(FASTALEX_CACHE=str(tmp_path / "cache")))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    device = "cuda" if CUDA else "cpu"
+    kernels = "Triton kernels (GPU)" if CUDA else "PyTorch reference ops"
+    for start in (f"device: {device}", f"kernels: {device}", kernels, "dataset: ",
+                  "model: AlexNet (fastalex) ", f"recipe: builtin-{device}"):
+        assert start in proc.stdout, proc.stdout
+    assert "10 classes; train 40 images, val 20" in proc.stdout
+    assert "it/s" in proc.stderr or "batch/s" in proc.stderr or "s/batch" in proc.stderr  # tqdm
+
+    history = rows(out)
+    assert [r["epoch"] for r in history] == [1, 2]
+    for r in history:
+        assert ROW_KEYS <= set(r)
+        assert 0.0 <= r["val_top1_error"] <= 1.0 and 0.0 <= r["val_top5_error"] <= 1.0
+        assert r["val_top5_error"] <= r["val_top1_error"]
+        assert r["images_per_s"] > 0 and r["seconds"] > 0 and r["train_loss"] > 0
+    for png in ("curves.png", "conv1_kernels.png"):
+        data = (out / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+    state = checkpoint.load(out / "checkpoint.pt")  # weights_only: tensors and plain data
+    assert {"model", "optimizer", "scheduler", "scaler", "epoch", "step", "rng", "args",
+            "history", "stats", "classes", "model_config"} <= set(state)
+    assert state["epoch"] == 2 and state["step"] == 10  # 40 images / batch 8, twice
+    assert {"python", "numpy", "torch", "cuda", "sampler"} <= set(state["rng"][0])
+    assert state["args"]["data"] is None and state["model_config"]["image_size"] == 67
+    best = checkpoint.load(out / "model_best.pt")
+    assert best["epoch"] in (1, 2) and "optimizer" not in best
+    assert not [p for p in os.listdir(out) if p.endswith(".tmp")]
+
+
+def test_exact_resume(tiny_data, tmp_path):
+    """Two epochs straight == one epoch, then --resume, then the second epoch (on a CPU)."""
+    common = ["--data", tiny_data, *TINY, "--optimizer", "adam", "--lr", "1e-4",
+              "--lr-schedule", "cosine", "--warmup-epochs", "0.5", "--seed", "3"]
+    assert main_in_process([*common, "--epochs", "2", "--output-dir", tmp_path / "a"]) == 0
+    assert main_in_process([*common, "--epochs", "2", "--stop-after", "1",
+                            "--output-dir", tmp_path / "b"]) == 0
+    assert len(rows(tmp_path / "b")) == 1
+    # A resumed run takes the checkpoint's flags (epochs, lr schedule, seed, ...).
+    assert main_in_process(["--resume", tmp_path / "b" / "checkpoint.pt", "--device", "cpu",
+                            "--output-dir", tmp_path / "b", "-j", "0", "--no-progress"]) == 0
+
+    def strip(history):
+        return [{k: v for k, v in r.items() if k not in TIMING} for r in history]
+
+    straight, resumed = rows(tmp_path / "a"), rows(tmp_path / "b")
+    assert len(straight) == len(resumed) == 2
+    assert strip(straight) == strip(resumed)
+    a = checkpoint.load(tmp_path / "a" / "checkpoint.pt")
+    b = checkpoint.load(tmp_path / "b" / "checkpoint.pt")
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert a["step"] == b["step"] == 10
+
+
+def test_seeded_workers_make_the_same_batches(tiny_data):
+    """With worker processes the epoch's augmentation comes from the re-seeded generator."""
+    parser = train.build_parser()
+    args = parser.parse_args(["--data", str(tiny_data), *TINY, "-j", "2"])
+    device = torch.device("cpu")
+    train.resolve_args(args, device)
+    info = fastalex.distributed.DistInfo()
+    _, _, train_set, val_set = train.prepare_data(args, info, Path(tiny_data))
+    batches = []
+    for _ in range(2):
+        gen = torch.Generator()
+        loader, _, _ = train.make_loaders(args, info, train_set, val_set, device, gen)
+        gen.manual_seed(train.epoch_seed(args.seed, 4, 0))
+        batches.append(next(iter(loader)))
+    assert torch.equal(batches[0][0], batches[1][0])
+    assert torch.equal(batches[0][1], batches[1][1])
+
+
+def test_evaluate_a_checkpoint(tiny_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main_in_process(["--data", tiny_data, *TINY, "--epochs", "1", "--output-dir", out]) == 0
+    capsys.readouterr()
+    with fastalex.reference_ops():
+        code = evaluate.main([str(out / "model_best.pt"), "-j", "0", "--no-progress",
+                              "--device", "cpu",
+                              "--json", str(tmp_path / "eval.json")])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "centre crop: top-1 error" in printed and "10-crop: top-1 error" in printed
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert result["center"]["images"] == 20 and result["ten_crop"]["images"] == 20
+    # The centre crop on a checkpoint scores what the training run's validation scored.
+    assert result["center"]["top1_error"] == pytest.approx(rows(out)[0]["val_top1_error"])
+    for crops in ("center", "ten_crop"):
+        assert 0 <= result[crops]["top5_error"] <= result[crops]["top1_error"] <= 1
+
+    # train --evaluate runs the same scoring (centre crop, plus 10-crop with --ten-crop)
+    assert main_in_process(["--evaluate", "--resume", out / "checkpoint.pt", "--ten-crop",
+                            "-j", "0", "--no-progress", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "centre crop: top-1 error" in printed and "10-crop: top-1 error" in printed
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--data", "/no/such/dir"], "no such directory"),
+    (["--epochs", "0"], "--epochs must be >= 1"),
+    (["--crop", "60", "--image-size", "70"], "--crop must be >= 67"),
+    (["--crop", "80", "--image-size", "70"], "must not exceed --image-size"),
+    (["--lr", "-1"], "--lr must be > 0"),
+    (["--evaluate"], "--evaluate needs --resume"),
+    (["--resume", "/no/such/checkpoint.pt"], "no such file"),
+])
+def test_errors_are_one_clear_line(args, message, capsys):
+    assert main_in_process(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_missing_split_is_a_data_error(tmp_path, capsys):
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    assert main_in_process(["--data", tmp_path, *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "no images" in err and str(tmp_path) in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_gpu_is_a_clear_error(capsys):
+    assert main_in_process(["--device", "cuda"]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_missing_data_in_a_subprocess_exits_2_without_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "fastalex.train", "--data", tmp_path / "none"],
+                          capture_output=True, text=True, timeout=120, env=subprocess_env(),
+                          cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert os.listdir(tmp_path) == []  # no output directory made for a failed start
+    assert proc.stderr.startswith("python -m fastalex.train: error: --data")
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("args", [["--epochs", "many"], ["--amp", "fp8"], ["--bogus"]])
+def test_bad_flags_exit_2(args, capsys):
+    with pytest.raises(SystemExit) as exc:
+        train.main(args)
+    assert exc.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_help_explains_every_flag(capsys):
+    with pytest.raises(SystemExit) as exc:
+        train.main(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--data", "--epochs", "--batch-size", "-b", "--lr", "--momentum", "--wd",
+                 "--workers", "-j", "--amp", "--channels-last", "--compile", "--device",
+                 "--seed", "--resume", "--output-dir", "--evaluate", "--ten-crop",
+                 "--print-freq", "--image-size", "--crop", "--lr-patience", "torchrun"):
+        assert flag in text, flag
+
+
+def test_builtin_preset_is_sane():
+    """The no-argument command's recipe, for each device type, passes the CLI's own checks."""
+    for device in ("cpu", "cuda"):
+        args = train.build_parser().parse_args([])
+        train.resolve_args(args, torch.device(device))
+        assert args.crop >= 67 and args.crop <= args.image_size
+        assert args.image_size <= args.builtin_image_size
