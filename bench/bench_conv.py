@@ -99,12 +99,9 @@ def test_conv(benchmark, bench_mode, bench_device, layer, precision, direction, 
         # forward, then read dy, y, x, w and write dw, db (and dx)
         nbytes = (x_bytes + wb_bytes + y_bytes) + (2 * y_bytes + x_bytes + 2 * wb_bytes)
         nbytes += x_bytes if input_grad else 0
-    # Every compile case compiles the same function (30 shape/dtype/grad variants): past
-    # dynamo's default limit of 8 recompilations it would silently run eager instead.
-    with torch._dynamo.config.patch(recompile_limit=64):
-        run_benchmark(
-            benchmark, fn, bench_mode, nbytes=nbytes, flops=flops,
-            layer=layer, shape=[n, cin, h, h], cout=cout, kernel=k, stride=stride,
-            padding=padding, groups=groups, precision=precision, impl=impl,
-            direction=direction, memory_format="channels_last",
-        )
+    run_benchmark(
+        benchmark, fn, bench_mode, nbytes=nbytes, flops=flops,
+        layer=layer, shape=[n, cin, h, h], cout=cout, kernel=k, stride=stride,
+        padding=padding, groups=groups, precision=precision, impl=impl,
+        direction=direction, memory_format="channels_last",
+    )

@@ -39,7 +39,6 @@ def _impl(name, mode):
         return _fastalex
     if name == "eager":
         return nn.LocalResponseNorm(SIZE, ALPHA, BETA, K)
-    torch._dynamo.reset()  # a fresh cache per case: no recompile limit, no stale graph
     return compiled(_torch, mode)
 
 

@@ -54,10 +54,6 @@ CASES = [
 @pytest.mark.parametrize("name, layout, dtype, direction, impl", CASES)
 def test_max_pool(benchmark, bench_mode, bench_device, name, layout, dtype, direction, impl):
     shape = SHAPES[name][bench_mode]
-    if impl == "compile":
-        # A fresh dynamo cache per case: the many shape/dtype/layout variants of one function
-        # would otherwise pass the recompile limit and fall back to eager silently.
-        torch._dynamo.reset()
     op = {"fastalex": _fastalex, "eager": _reference}.get(impl) or compiled(_reference, bench_mode)
     x = torch.relu(torch.randn(shape, device=bench_device, dtype=DTYPES[dtype]))
     x = x.contiguous(memory_format=LAYOUTS[layout])

@@ -1,67 +1,21 @@
 """Training checkpoints: written atomically, restored exactly.
 
-A checkpoint is written to a temporary file in the destination's directory, flushed and fsynced,
-then renamed over the old one with ``os.replace`` (atomic on POSIX and Windows) and the directory
-fsynced, so a run killed at any moment leaves either the previous checkpoint or the new one, never
-a torn file. Everything in it loads with ``torch.load(weights_only=True)``: RNG states that are
+A checkpoint is written with :func:`fastalex.atomic.save_atomic`, so a run killed at any moment
+leaves either the previous checkpoint or the new one, never a torn file. Everything in it loads with ``torch.load(weights_only=True)``: RNG states that are
 not tensors (Python's, NumPy's) are stored as tensors and plain tuples.
 """
 
 import contextlib
-import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from fastalex.atomic import TMP_SUFFIX, save_atomic
+
 CHECKPOINT = "checkpoint.pt"
 BEST = "model_best.pt"
-_TMP_SUFFIX = ".tmp"
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename in ``directory`` durable (no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # Windows cannot open a directory; its rename is durable enough
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _default_mode() -> int:
-    """The permissions ``open()`` would give a new file (mkstemp's are owner-only)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def save_atomic(obj, path) -> Path:
-    """``torch.save(obj, path)`` so that ``path`` is never seen half written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Same directory as the destination: os.replace is only atomic within one file system.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if hasattr(os, "fchmod"):  # not on Windows
-                os.fchmod(fd, _default_mode())
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-    return path
 
 
 def remove_stale_temporaries(directory) -> None:
@@ -70,7 +24,7 @@ def remove_stale_temporaries(directory) -> None:
     if not directory.is_dir():
         return
     for name in (CHECKPOINT, BEST):
-        for tmp in directory.glob(f".{name}.*{_TMP_SUFFIX}"):
+        for tmp in directory.glob(f".{name}.*{TMP_SUFFIX}"):
             with contextlib.suppress(OSError):
                 tmp.unlink()
 

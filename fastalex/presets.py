@@ -4,7 +4,7 @@ Every flag the user leaves out is filled from one of these; a flag given on the 
 always wins.
 """
 
-import os
+from fastalex.system import usable_cpus
 
 # The paper's recipe (section 5): SGD, batch 128, momentum 0.9, weight decay 5e-4, lr 0.01
 # divided by 10 when the validation error stopped improving (three times), ~90 epochs; 256 px
@@ -90,8 +90,4 @@ def builtin_preset(device_type: str) -> dict:
 
 def default_workers(device_type: str) -> int:
     """Data-loading processes: enough to feed a GPU, at most the CPUs this process may use."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
-    return max(0, min(8, cpus - 1))
+    return max(0, min(8, usable_cpus() - 1))

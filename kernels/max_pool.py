@@ -68,6 +68,24 @@ _MAX_UNROLL = 128
 
 
 @triton.jit
+def _tile(n_rows, n_cols, ROWS_INT64: tl.constexpr, BLOCK_R: tl.constexpr,
+          BLOCK_Q: tl.constexpr):
+    """This program's [BLOCK_R, BLOCK_Q] tile of the (rows, columns) grid: row and column
+    indices (rows int64 when ROWS_INT64) and the in-bounds mask."""
+    pid = tl.program_id(0)
+    n_q = tl.cdiv(n_cols, BLOCK_Q)
+    pid_r = pid // n_q
+    pid_q = pid % n_q
+    if ROWS_INT64:
+        rows = pid_r.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    else:
+        rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
+    return rows, cols, mask
+
+
+@triton.jit
 def _fwd_tap(best, arg, x_ptr, x_base, ih0, iw0, mask, H, W, sx_h, sx_w, k,
              KW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr, ACC: tl.constexpr):
     """Fold tap ``k`` (row-major in the window) into the running max and arg-max."""
@@ -105,16 +123,7 @@ def _max_pool2d_fwd_kernel(
     BLOCK_R: tl.constexpr, BLOCK_Q: tl.constexpr,
 ):
     """y[n, c, oh, ow] = max over the window of x; arg = where in the window it was."""
-    pid = tl.program_id(0)
-    n_q = tl.cdiv(n_cols, BLOCK_Q)
-    pid_r = pid // n_q
-    pid_q = pid % n_q
-    if ROWS_INT64:
-        rows = pid_r.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
-    else:
-        rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
-    cols = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
+    rows, cols, mask = _tile(n_rows, n_cols, ROWS_INT64, BLOCK_R, BLOCK_Q)
 
     if CHANNELS_LAST:
         # rows (n, oh, ow), columns c: every tap loads BLOCK_Q contiguous channels.
@@ -221,16 +230,7 @@ def _max_pool2d_bwd_kernel(
 ):
     """dx[n, c, ih, iw] = sum of dy over the outputs whose arg points at (ih, iw), in torch's
     order (oh, then ow, ascending)."""
-    pid = tl.program_id(0)
-    n_q = tl.cdiv(n_cols, BLOCK_Q)
-    pid_r = pid // n_q
-    pid_q = pid % n_q
-    if ROWS_INT64:
-        rows = pid_r.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
-    else:
-        rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
-    cols = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
+    rows, cols, mask = _tile(n_rows, n_cols, ROWS_INT64, BLOCK_R, BLOCK_Q)
 
     if CHANNELS_LAST:
         # rows (n, ih, iw), columns c.

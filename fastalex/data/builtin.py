@@ -33,6 +33,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
+from fastalex.system import usable_cpus
+
 __all__ = [
     "CLASSES",
     "VERSION",
@@ -339,11 +341,7 @@ def _render_chunk(tmp: Path, params: dict, item: tuple[str, int, int, int]) -> i
 
 
 def _default_workers() -> int:
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(cpus, 8))
+    return max(1, min(usable_cpus(), 8))
 
 
 def _generate(tmp: Path, params: dict, progress: bool, workers: int) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,9 @@ from torch.utils.data import DataLoader, Subset
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
+from fastalex.atomic import save_atomic
 from fastalex.data.datasets import DataError, SafeImageFolder
+from fastalex.system import usable_cpus
 
 __all__ = ["ImageStats", "compute_stats", "load_or_compute_stats"]
 
@@ -62,11 +63,7 @@ def _sample(n: int, max_images: int) -> list[int]:
 def _default_workers(num_images: int) -> int:
     if num_images < 256:  # worker start-up costs more than it saves
         return 0
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cpus = os.cpu_count() or 1
-    return min(cpus, 8)
+    return min(usable_cpus(), 8)
 
 
 def _open(train_dir: Path, size: int) -> SafeImageFolder:
@@ -176,22 +173,6 @@ def compute_stats(
     )
 
 
-def _save_atomic(obj: dict, path: Path) -> None:
-    """torch.save into a temporary file beside ``path``, fsync, then rename over it: a reader
-    sees the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _load_cached(path: Path, key: dict) -> ImageStats | None:
     try:
         cached = torch.load(path, map_location="cpu", weights_only=True)
@@ -234,5 +215,5 @@ def load_or_compute_stats(
         workers=_default_workers(len(indices)) if workers is None else workers,
         progress=progress,
     )
-    _save_atomic({"key": key, "stats": vars(stats)}, cache_file)
+    save_atomic({"key": key, "stats": vars(stats)}, cache_file)
     return stats

@@ -66,3 +66,16 @@ def check_probability(name: str, p) -> float:
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"{name} must be in [0, 1], got {p}")
     return float(p)
+
+
+def check_parameters(input: torch.Tensor, weight: torch.Tensor, bias) -> None:
+    """``weight`` and ``bias`` (optional) must be on ``input``'s device, and of its dtype unless
+    autocast is on for that device (the op then casts them, as ``F.conv2d``/``F.linear`` do)."""
+    mixed_ok = torch.is_autocast_enabled(input.device.type)
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is None:
+            continue
+        if t.device != input.device:
+            raise ValueError(f"{name} must be on input's device {input.device}, got {t.device}")
+        if not mixed_ok:
+            check_same(name, t, "input", input)

@@ -30,7 +30,8 @@ from fastalex.kernels.conv import (
     output_size,
     relu_grad_in_kernels,
 )
-from fastalex.ops._checks import check_int, check_same, check_tensor, pair
+from fastalex.ops._autocast import autocast_cast
+from fastalex.ops._checks import check_int, check_parameters, check_same, check_tensor, pair
 from fastalex.ops._registry import kernel_op
 
 _CL = torch.channels_last
@@ -130,12 +131,7 @@ def _validate(input, weight, bias, stride, padding, groups):
     check_tensor("weight", weight, dims=(4,))
     if bias is not None:
         check_tensor("bias", bias, dims=(1,))
-    mixed_ok = torch.is_autocast_enabled(input.device.type)
-    for name, t in (("weight", weight), ("bias", bias)):
-        if t is not None and t.device != input.device:
-            raise ValueError(f"{name} must be on input's device {input.device}, got {t.device}")
-        if t is not None and not mixed_ok:
-            check_same(name, t, "input", input)
+    check_parameters(input, weight, bias)
     stride = pair("stride", stride, minimum=1)
     padding = pair("padding", padding, minimum=0)
     groups = check_int("groups", groups, minimum=1)
@@ -161,29 +157,14 @@ def _validate(input, weight, bias, stride, padding, groups):
     return stride, padding, groups
 
 
-def _autocast(device_type, *tensors):
-    """Cast like autocast does for F.conv2d: floating tensors other than fp64 go to the autocast
-    dtype while autocast is on for the tensors' device type."""
-    if not torch.is_autocast_enabled(device_type):
-        return tensors
-    dtype = torch.get_autocast_dtype(device_type)
-
-    def cast(t):
-        if t is None or t.dtype in (dtype, torch.float64):
-            return t
-        # channels-last in the same copy: the kernels would convert a NCHW input anyway
-        fmt = _CL if t.dim() == 4 else torch.preserve_format
-        return t.to(dtype=dtype, memory_format=fmt)
-
-    return tuple(cast(t) for t in tensors)
-
-
 def _conv(input, weight, bias, stride, padding, groups, relu):
     stride, padding, groups = _validate(input, weight, bias, stride, padding, groups)
     if not uses_triton(input):
         y = F.conv2d(input, weight, bias, stride, padding, 1, groups)
         return F.relu(y) if relu else y
-    input, weight, bias = _autocast(input.device.type, input, weight, bias)
+    # channels-last in the autocast copy: the kernels would convert an NCHW input anyway
+    input, weight, bias = autocast_cast(input.device.type, input, weight, bias,
+                                        memory_format_4d=_CL)
     check_same("weight", weight, "input", input)
     if bias is not None:
         check_same("bias", bias, "input", input)

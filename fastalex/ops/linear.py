@@ -36,7 +36,8 @@ from fastalex.kernels.linear import (
     linear_grad_input,
     linear_grad_weight,
 )
-from fastalex.ops._checks import check_probability, check_same, check_tensor
+from fastalex.ops._autocast import autocast_cast
+from fastalex.ops._checks import check_parameters, check_probability, check_same, check_tensor
 from fastalex.ops._registry import kernel_op
 from fastalex.ops._rng import philox_seed
 
@@ -103,12 +104,7 @@ def _validate(input, weight, bias, p, training):
     p = check_probability("p", p)
     if not isinstance(training, bool):
         raise TypeError(f"training must be a bool, got {training!r}")
-    mixed_ok = torch.is_autocast_enabled(input.device.type)
-    for name, t in (("weight", weight), ("bias", bias)):
-        if t is not None and t.device != input.device:
-            raise ValueError(f"{name} must be on input's device {input.device}, got {t.device}")
-        if t is not None and not mixed_ok:
-            check_same(name, t, "input", input)
+    check_parameters(input, weight, bias)
     out_features, in_features = weight.shape
     if input.shape[-1] != in_features:
         raise ValueError(f"input's last dimension {input.shape[-1]} must equal in_features = "
@@ -119,16 +115,6 @@ def _validate(input, weight, bias, p, training):
     return p
 
 
-def _autocast(device_type, *tensors):
-    """Cast like autocast does for F.linear: floating tensors other than fp64 go to the
-    autocast dtype while autocast is on for the device type."""
-    if not torch.is_autocast_enabled(device_type):
-        return tensors
-    dtype = torch.get_autocast_dtype(device_type)
-    return tuple(t if t is None or t.dtype in (dtype, torch.float64) else t.to(dtype)
-                 for t in tensors)
-
-
 def _linear(input, weight, bias, relu, p, training):
     p = _validate(input, weight, bias, p, training)
     dropout = relu and training and p > 0.0
@@ -137,7 +123,7 @@ def _linear(input, weight, bias, relu, p, training):
         if relu:
             y = F.relu(y)
         return F.dropout(y, p, True) if dropout else y
-    input, weight, bias = _autocast(input.device.type, input, weight, bias)
+    input, weight, bias = autocast_cast(input.device.type, input, weight, bias)
     check_same("weight", weight, "input", input)
     if bias is not None:
         check_same("bias", bias, "input", input)
