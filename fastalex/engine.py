@@ -42,12 +42,15 @@ def _topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks=(1, 5)) -> lis
 
 def train_one_epoch(model, loader, optimizer, device, *, epoch: int, epochs: int, scaler=None,
                     amp=None, channels_last=False, step_scheduler=None, print_freq=10,
-                    info=distributed.DistInfo(), progress=True, max_steps=None) -> dict:
+                    info=distributed.DistInfo(), progress=True, max_steps=None,
+                    prepare=None) -> dict:
     """One pass over ``loader``; returns train_loss, train_top1_error, images, seconds,
     images_per_s and steps (summed over ranks).
 
     ``step_scheduler`` (optional) is stepped after every optimizer step (per-iteration
-    schedules); ``scaler`` is the fp16 GradScaler; ``max_steps`` stops early (tests, benches).
+    schedules); ``scaler`` is the fp16 GradScaler; ``max_steps`` stops early (tests, benches);
+    ``prepare(batch) -> (images, targets) or None`` puts a batch on the device (default: move
+    the loader's tensors there), e.g. decoding it on the GPU.
     """
     model.train()
     zero = torch.zeros((), dtype=torch.float64, device=device)
@@ -57,9 +60,11 @@ def train_one_epoch(model, loader, optimizer, device, *, epoch: int, epochs: int
     bar = tqdm(loader, total=total, desc=f"epoch {epoch}/{epochs} train", unit="batch",
                disable=not (progress and info.is_main), dynamic_ncols=True, leave=True)
     for batch in bar:
+        if batch is not None:
+            batch = prepare(batch) if prepare else _to_device(*batch, device, channels_last)
         if batch is None:  # every image of this batch was unreadable
             continue
-        images, targets = _to_device(*batch, device, channels_last)
+        images, targets = batch
         with autocast(device, amp):
             logits = model(images)
             loss = F.cross_entropy(logits, targets)

@@ -71,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-j", "--workers", type=int, metavar="N",
                    help="data-loading processes per training process (default: CPUs - 1, at "
                         "most 8; the CPU preset uses 0 or 1, see fastalex/presets.py)")
+    d.add_argument("--gpu-decode", action="store_true",
+                   help="decode the training JPEGs on the training device (nvJPEG on a GPU) and "
+                        "crop, flip and light them there, batched; the loader workers only read "
+                        "files. For when CPU decoding cannot keep up with the GPU (validation "
+                        "stays on the CPU path)")
     d.add_argument("--builtin-image-size", type=int, metavar="N",
                    help="built-in dataset: side of the generated images (preset)")
     d.add_argument("--builtin-train-per-class", type=int, metavar="N",
@@ -276,7 +281,35 @@ def prepare_data(args, info, output_dir: Path):
     train_tf = transforms.train_transform(image_stats, pca_std=args.pca_std, **common)
     val_tf = transforms.eval_transform(image_stats, ten_crop=args.ten_crop, **common)
     train_set, val_set = datasets.build_datasets(data_dir, train_tf, val_tf)
+    if args.gpu_decode:  # the workers read file bytes; train_batch_preparer decodes them
+        train_set = datasets.EncodedImageFolder(data_dir / "train")
     return data_dir, image_stats, train_set, val_set
+
+
+def train_batch_preparer(args, image_stats, device):
+    """How a training batch reaches the device: ``None`` (the engine's default: move the
+    transformed CPU batch), or with ``--gpu-decode`` a function that decodes the batch's
+    files on ``device`` and applies the training transform there, batched."""
+    if not args.gpu_decode:
+        return None
+    import torch
+
+    from fastalex.data import datasets, transforms
+
+    transform = transforms.BatchTrainTransform(
+        image_stats, size=args.image_size, crop=args.crop,
+        per_channel_mean=args.per_channel_mean, pca_std=args.pca_std).to(device)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+
+    def prepare(batch):
+        datas, targets, paths = batch
+        images, keep = datasets.decode_images(datas, paths, device)
+        if not keep:  # every file of the batch was unreadable (each named in a warning)
+            return None
+        images = transform(images).contiguous(memory_format=memory_format)
+        return images, targets[keep].to(device, non_blocking=True)
+
+    return prepare
 
 
 def stats_cache_file(data_dir: Path, output_dir: Path, size: int) -> Path:
@@ -300,7 +333,7 @@ def make_loaders(args, info, train_set, val_set, device, generator):
     from torch.utils.data import DataLoader
     from torch.utils.data.distributed import DistributedSampler
 
-    from fastalex.data.datasets import collate_skip_none
+    from fastalex.data.datasets import collate_encoded, collate_skip_none
 
     common = dict(num_workers=args.workers, pin_memory=device.type == "cuda",
                   collate_fn=collate_skip_none, generator=generator,
@@ -317,8 +350,10 @@ def make_loaders(args, info, train_set, val_set, device, generator):
         train_sampler = torch.utils.data.RandomSampler(train_set, generator=generator)
         val_sampler = torch.utils.data.SequentialSampler(val_set)
     val_batch = max(1, args.batch_size // 10) if args.ten_crop else args.batch_size
+    # --gpu-decode: the training batches are (files, targets, paths), decoded on the device
+    train_collate = collate_encoded if args.gpu_decode else collate_skip_none
     train_loader = DataLoader(train_set, batch_size=args.batch_size, sampler=train_sampler,
-                              drop_last=False, **common)
+                              drop_last=False, **{**common, "collate_fn": train_collate})
     val_loader = DataLoader(val_set, batch_size=val_batch, sampler=val_sampler, **common)
     return train_loader, val_loader, train_sampler
 
@@ -476,6 +511,7 @@ def train(args, recipe, device, info) -> int:
               f"{len(classes)} classes, activation {args.activation}, pooling {args.pooling}, "
               f"LRN {'on' if args.lrn else 'off'}, dropout {args.dropout}")
 
+    prepare_train_batch = train_batch_preparer(args, image_stats, device)
     loader_generator = torch.Generator()
     train_loader, val_loader, train_sampler = make_loaders(args, info, train_set, val_set,
                                                            device, loader_generator)
@@ -492,7 +528,9 @@ def train(args, recipe, device, info) -> int:
               + (f" (warm-up {args.warmup_epochs:g} epochs)" if args.lr_schedule == "cosine"
                  else "")
               + f", amp {args.amp or 'off (fp32)'}, channels-last {args.channels_last}, "
-                f"workers {args.workers}")
+                f"workers {args.workers}"
+              + (f", JPEG decoding and training transform on {device}" if args.gpu_decode
+                 else ""))
 
     start_epoch, step, best, history = 0, 0, None, []
     if args.resume:
@@ -536,7 +574,7 @@ def train(args, recipe, device, info) -> int:
             model, train_loader, optimizer, device, epoch=epoch + 1, epochs=args.epochs,
             scaler=scaler, amp=args.amp, channels_last=args.channels_last,
             step_scheduler=step_scheduler, print_freq=args.print_freq, info=info,
-            progress=not args.no_progress)
+            progress=not args.no_progress, prepare=prepare_train_batch)
         step += train_metrics["steps"]
         val = engine.evaluate(model, val_loader, device, amp=args.amp,
                               channels_last=args.channels_last, info=info,

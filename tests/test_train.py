@@ -226,3 +226,15 @@ def test_builtin_preset_is_sane():
         train.resolve_args(args, torch.device(device))
         assert args.crop >= 67 and args.crop <= args.image_size
         assert args.image_size <= args.builtin_image_size
+
+
+def test_gpu_decode_option(tiny_data, tmp_path, capsys):
+    """--gpu-decode: the workers read files, the training process decodes and transforms them
+    on the training device (the CPU here; nvJPEG on a CUDA device)."""
+    out = tmp_path / "run"
+    assert main_in_process(["--data", tiny_data, *TINY, "--epochs", "1", "--gpu-decode",
+                            "--output-dir", out]) == 0
+    assert "JPEG decoding and training transform on cpu" in capsys.readouterr().out
+    (row,) = rows(out)
+    assert row["train_loss"] > 0 and 0.0 <= row["val_top1_error"] <= 1.0
+    assert checkpoint.load(out / "checkpoint.pt")["step"] == 5  # 40 images / batch 8
