@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastalex.atomic import TMP_SUFFIX, save_atomic
+from fastalex.atomic import TMP_SUFFIX, save_atomic  # noqa: F401 (checkpoint.save_atomic)
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "model_best.pt"

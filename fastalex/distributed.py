@@ -74,15 +74,6 @@ def all_reduce_max(value: float, info: DistInfo, device) -> float:
     return t.item()
 
 
-def broadcast_object(obj, info: DistInfo):
-    """Rank 0's ``obj`` on every rank."""
-    if not info.enabled:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def parameters_in_sync(model: torch.nn.Module, info: DistInfo) -> bool:
     """True when every rank holds exactly rank 0's parameters and buffers (bit for bit).
 

@@ -67,7 +67,7 @@ def test_killed_at_any_moment_leaves_a_loadable_checkpoint(tmp_path):
     always loads, and it is a complete checkpoint."""
     path = tmp_path / "checkpoint.pt"
     rng = random.Random(0)
-    for attempt in range(2):
+    for _ in range(2):
         proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(path)],
                                 stdout=subprocess.PIPE, text=True)
         assert proc.stdout.readline().strip()  # at least one checkpoint written

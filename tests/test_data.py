@@ -233,7 +233,7 @@ def _square_tree(tmp_path, size=8, n=6):
     rng = np.random.default_rng(0)
     images = {f"train/c{i % 2}/img{i}.png": _random_image(rng, size, size) for i in range(n)}
     # Correlated channels, so the covariance has distinct eigenvalues and meaningful vectors.
-    for k, v in images.items():
+    for v in images.values():
         v[..., 1] = v[..., 0] // 2 + v[..., 1] // 2
         v[..., 2] = v[..., 0] // 3
     _write_tree(tmp_path, images)
