@@ -1,8 +1,9 @@
 """Training checkpoints: written atomically, restored exactly.
 
 A checkpoint is written with :func:`fastalex.atomic.save_atomic`, so a run killed at any moment
-leaves either the previous checkpoint or the new one, never a torn file. Everything in it loads with ``torch.load(weights_only=True)``: RNG states that are
-not tensors (Python's, NumPy's) are stored as tensors and plain tuples.
+leaves either the previous checkpoint or the new one, never a torn file. Everything in it loads
+with ``torch.load(weights_only=True)``: RNG states that are not tensors (Python's, NumPy's) are
+stored as tensors and plain tuples.
 """
 
 import contextlib

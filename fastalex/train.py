@@ -278,11 +278,14 @@ def prepare_data(args, info, output_dir: Path):
         data_dir, image_stats = locate()
 
     common = dict(size=args.image_size, crop=args.crop, per_channel_mean=args.per_channel_mean)
-    train_tf = transforms.train_transform(image_stats, pca_std=args.pca_std, **common)
     val_tf = transforms.eval_transform(image_stats, ten_crop=args.ten_crop, **common)
-    train_set, val_set = datasets.build_datasets(data_dir, train_tf, val_tf)
     if args.gpu_decode:  # the workers read file bytes; train_batch_preparer decodes them
-        train_set = datasets.EncodedImageFolder(data_dir / "train")
+        train_folder, train_tf = datasets.EncodedImageFolder, None
+    else:
+        train_folder = datasets.SafeImageFolder
+        train_tf = transforms.train_transform(image_stats, pca_std=args.pca_std, **common)
+    train_set, val_set = datasets.build_datasets(data_dir, train_tf, val_tf,
+                                                 train_folder=train_folder)
     return data_dir, image_stats, train_set, val_set
 
 

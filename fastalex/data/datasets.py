@@ -174,12 +174,13 @@ def decode_images(
     return images, keep
 
 
-def _load_split(data_dir: Path, split: str, transform: Callable | None) -> SafeImageFolder:
+def _load_split(data_dir: Path, split: str, transform: Callable | None,
+                folder_class: type[SafeImageFolder] = SafeImageFolder) -> SafeImageFolder:
     folder = data_dir / split
     if not folder.is_dir():
         raise DataError(f"--data {data_dir}: no {split}/ directory ({_LAYOUT})")
     try:
-        dataset = SafeImageFolder(folder, transform=transform)
+        dataset = folder_class(folder, transform=transform)
     except FileNotFoundError as exc:  # ImageFolder: no class folder, or no image in any of them
         loose = [p.name for p in folder.iterdir() if p.is_file()][:3]
         hint = (
@@ -198,16 +199,20 @@ def build_datasets(
     data_dir: str | os.PathLike,
     train_transform: Callable | None,
     val_transform: Callable | None,
+    *,
+    train_folder: type[SafeImageFolder] = SafeImageFolder,
 ) -> tuple[SafeImageFolder, SafeImageFolder]:
     """The train and val datasets of an ImageFolder tree, after checking that ``data_dir/train``
     and ``data_dir/val`` exist, hold images, and have the same classes (else :class:`DataError`).
-    Image files are those with torchvision's image extensions (.jpg, .jpeg, .png, ...)."""
+    Image files are those with torchvision's image extensions (.jpg, .jpeg, .png, ...).
+    ``train_folder`` is the training split's dataset class (:class:`EncodedImageFolder` for
+    decoding on the GPU, with ``train_transform`` None)."""
     data_dir = Path(data_dir).expanduser()
     if not data_dir.exists():
         raise DataError(f"--data {data_dir}: no such directory ({_LAYOUT})")
     if not data_dir.is_dir():
         raise DataError(f"--data {data_dir}: not a directory ({_LAYOUT})")
-    train_set = _load_split(data_dir, "train", train_transform)
+    train_set = _load_split(data_dir, "train", train_transform, train_folder)
     val_set = _load_split(data_dir, "val", val_transform)
     if train_set.classes != val_set.classes:
         only_train = sorted(set(train_set.classes) - set(val_set.classes))
