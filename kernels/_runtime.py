@@ -1,10 +1,13 @@
-"""What every launcher shares: interpreter detection, autotuning policy, output allocation."""
+"""What every launcher shares: interpreter detection, autotuning policy, output allocation,
+the device facts tile choices depend on, and the precision rules of the GEMM kernels."""
 
 import contextlib
+import functools
 import os
 
 import torch
 import triton
+import triton.language as tl
 
 # Triton decides at decoration time whether @triton.jit builds GPU code or an interpreted
 # function, from TRITON_INTERPRET; read it once, here, for the same answer everywhere.
@@ -53,8 +56,56 @@ def new_empty_like(t: torch.Tensor, **kwargs) -> torch.Tensor:
     return out
 
 
+# Offsets at or above this need int64 index arithmetic.
+INT32_LIMIT = 2**31
+
+# The interpreter and CPU tensors have no SMs: launch heuristics size their grids as for an H100.
+_DEFAULT_SMS = 132
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of ``device`` (132, an H100's, for non-CUDA devices)."""
+    if device.type != "cuda" or INTERPRET:
+        return _DEFAULT_SMS
+    return _cuda_sms(device.index if device.index is not None else torch.cuda.current_device())
+
+
 def tf32_allowed(kind: str) -> bool:
     """Whether torch's switches allow TF32 for fp32 ``"conv"`` or ``"matmul"`` work."""
     if kind == "conv":
         return bool(torch.backends.cudnn.allow_tf32)
     return bool(torch.backends.cuda.matmul.allow_tf32)
+
+
+def input_precision(dtype: torch.dtype, tf32: bool) -> str:
+    """``tl.dot``'s ``input_precision`` for operands of ``dtype``: TF32 only for fp32 operands
+    and only when allowed. Always pinned: a GPU's default for fp32 is TF32, whatever torch's
+    switches say."""
+    return "tf32" if dtype == torch.float32 and tf32 else "ieee"
+
+
+def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype kernels accumulate ``dtype`` inputs in: fp64 for fp64, else fp32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def tl_accumulator(dtype: torch.dtype):
+    """:func:`accumulator_dtype` as a Triton type, for a constexpr kernel argument."""
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+@triton.jit
+def grouped_tile(tile, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
+    """(pid_m, pid_n) of output tile ``tile`` in grouped order: GROUP_M row blocks sweep the
+    column blocks together, so the column operand's blocks stay in L2 while they are shared."""
+    num_pid_in_group = GROUP_M * num_pid_n
+    first_pid_m = (tile // num_pid_in_group) * GROUP_M
+    group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + (tile % num_pid_in_group) % group_size_m
+    pid_n = (tile % num_pid_in_group) // group_size_m
+    return pid_m, pid_n

@@ -36,24 +36,14 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._runtime import INTERPRET, autotune, new_empty
+from fastalex.kernels._runtime import (
+    INTERPRET, accumulator_dtype, autotune, grouped_tile, input_precision, new_empty, sm_count,
+    tl_accumulator,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Shared device helpers
 # ---------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _grouped_tile(pid, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
-    """(pid_m, pid_n) in grouped order: GROUP_M row blocks sweep the column blocks together,
-    so the weight blocks and the overlapping input rows they share stay in L2."""
-    num_pid_in_group = GROUP_M * num_pid_n
-    group_id = pid // num_pid_in_group
-    first_pid_m = group_id * GROUP_M
-    group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
-    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
-    pid_n = (pid % num_pid_in_group) // group_size_m
-    return pid_m, pid_n
 
 
 @triton.jit
@@ -162,7 +152,7 @@ def _conv_fwd_kernel(
     K: tl.constexpr = KH * KW * CIN_G
     pid = tl.program_id(0)
     g = tl.program_id(1)
-    pid_m, pid_n = _grouped_tile(pid, tl.cdiv(M, BLOCK_M), tl.cdiv(COUT_G, BLOCK_N), GROUP_M)
+    pid_m, pid_n = grouped_tile(pid, tl.cdiv(M, BLOCK_M), tl.cdiv(COUT_G, BLOCK_N), GROUP_M)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -229,7 +219,7 @@ def _conv_dgrad_kernel(
     KD: tl.constexpr = KH * KW * COUT_G  # this GEMM's reduction length
     pid = tl.program_id(0)
     g = tl.program_id(1)
-    pid_m, pid_n = _grouped_tile(pid, tl.cdiv(M, BLOCK_M), tl.cdiv(CIN_G, BLOCK_N), GROUP_M)
+    pid_m, pid_n = grouped_tile(pid, tl.cdiv(M, BLOCK_M), tl.cdiv(CIN_G, BLOCK_N), GROUP_M)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -528,25 +518,6 @@ def _nhwc_strides(x: Tensor) -> tuple:
     return h * w * c, w * c, c
 
 
-def _precision(dtype: torch.dtype, tf32: bool) -> str:
-    return "tf32" if dtype == torch.float32 and tf32 else "ieee"
-
-
-def _acc_dtype(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
-@functools.lru_cache(maxsize=None)
-def _num_sms(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
-def _sm_count(device: torch.device) -> int:
-    if INTERPRET or device.type != "cuda":
-        return 4
-    return _num_sms(device.index if device.index is not None else torch.cuda.current_device())
-
-
 def output_size(size: int, kernel: int, stride: int, padding: int) -> int:
     """Output extent of a convolution along one axis (dilation 1)."""
     return (size + 2 * padding - kernel) // stride + 1
@@ -563,7 +534,7 @@ def wgrad_split(m: int, tiles: int, tile_elems: int, partial_elems: int, element
     least estimated time = waves * rows per program * row cost + partial-sum traffic, where a
     program holds one SM (8 warps, >200 registers each).
     """
-    sms = _sm_count(device)
+    sms = sm_count(device)
     row_seconds = tile_elems * _SM_ROW_SECONDS[element_size]
     best, best_time = 1, float("inf")
     for split in range(1, min(triton.cdiv(m, _SPLIT_ALIGN), 4 * sms) + 1):
@@ -614,8 +585,8 @@ def conv2d_forward(
         m, oh, ow, cout, cout_g,
         CIN_G=cin_g, KH=kh, KW=kw, STRIDE_H=stride[0], STRIDE_W=stride[1],
         PAD_H=padding[0], PAD_W=padding[1],
-        HAS_BIAS=bias is not None, RELU=relu, INPUT_PRECISION=_precision(x.dtype, tf32),
-        ACC_DTYPE=_acc_dtype(x.dtype), TAP_TILES=tap_tiles, BLOCK_K=block_k,
+        HAS_BIAS=bias is not None, RELU=relu, INPUT_PRECISION=input_precision(x.dtype, tf32),
+        ACC_DTYPE=tl_accumulator(x.dtype), TAP_TILES=tap_tiles, BLOCK_K=block_k,
     )
     return y
 
@@ -650,8 +621,8 @@ def conv2d_input_grad(
         m, h, w, cin, oh, ow, cout,
         CIN_G=cin_g, COUT_G=cout_g, KH=kh, KW=kw, STRIDE_H=stride[0], STRIDE_W=stride[1],
         PAD_H=padding[0], PAD_W=padding[1],
-        INPUT_PRECISION=_precision(grad_out.dtype, tf32),
-        ACC_DTYPE=_acc_dtype(grad_out.dtype), TAP_TILES=tap_tiles, BLOCK_K=block_k,
+        INPUT_PRECISION=input_precision(grad_out.dtype, tf32),
+        ACC_DTYPE=tl_accumulator(grad_out.dtype), TAP_TILES=tap_tiles, BLOCK_K=block_k,
     )
     return dx
 
@@ -696,8 +667,7 @@ def conv2d_weight_grad(
 
     # The split depends on the tile, which the autotuner picks: room for the largest.
     rows = max(split_for(config.kwargs) for config in kernel.configs)
-    acc_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    part = new_empty((rows, partial_elems), dtype=acc_dtype, device=device)
+    part = new_empty((rows, partial_elems), dtype=accumulator_dtype(dtype), device=device)
 
     def grid(meta):
         tiles = triton.cdiv(cout_g, meta["BLOCK_CO"]) * triton.cdiv(ktot, meta["BLOCK_K"])
@@ -709,8 +679,8 @@ def conv2d_weight_grad(
         m, cout, cout_g, _SPLIT_ALIGN,
         OH=oh, OW=ow, CIN_G=cin_g, KH=kh, KW=kw, STRIDE_H=stride[0], STRIDE_W=stride[1],
         PAD_H=padding[0], PAD_W=padding[1],
-        HAS_BIAS=has_bias, RELU=relu, INPUT_PRECISION=_precision(dtype, tf32),
-        ACC_DTYPE=_acc_dtype(dtype),
+        HAS_BIAS=has_bias, RELU=relu, INPUT_PRECISION=input_precision(dtype, tf32),
+        ACC_DTYPE=tl_accumulator(dtype),
     )
     split = split_for(kernel.best_config.kwargs)
     block = 1024

@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastalex.kernels._runtime import new_empty, new_empty_like
+from fastalex.kernels._runtime import INT32_LIMIT, new_empty, new_empty_like
 from fastalex.kernels.philox import dropout_keep
 
 
@@ -99,7 +99,6 @@ NUM_WARPS = 4
 # Memory dims the kernel maps back to logical indices; layouts that need more (rare permutes
 # of 5+ dims) are first copied to contiguous.
 MAX_DIMS = 4
-_INT32_LIMIT = 2**31
 
 
 def _memory_dims(t: torch.Tensor):
@@ -161,7 +160,7 @@ def _launch(src: torch.Tensor, dst: torch.Tensor, seed: torch.Tensor, p: float, 
     """Run the kernel from ``src`` into ``dst`` (same layout, given by ``dims``)."""
     numel = src.numel()
     if int64 is None:
-        int64 = numel + BLOCK > _INT32_LIMIT
+        int64 = numel + BLOCK > INT32_LIMIT
     pad = MAX_DIMS - len(dims)
     sizes = [1] * pad + [size for size, _ in dims]
     lstrides = [0] * pad + [lstride for _, lstride in dims]

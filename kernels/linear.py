@@ -33,7 +33,9 @@ import torch
 import triton
 import triton.language as tl
 
-from fastalex.kernels._runtime import AUTOTUNE, autotune, new_empty
+from fastalex.kernels._runtime import (
+    AUTOTUNE, autotune, grouped_tile, input_precision, new_empty, sm_count, tl_accumulator,
+)
 from fastalex.kernels.philox import dropout_keep
 
 
@@ -72,14 +74,7 @@ def _linear_gemm_kernel(
     """
     tile = tl.program_id(0)
     pid_k = tl.program_id(1)
-    # Grouped ordering: GROUP_M row-blocks share each B column-block while it is in L2.
-    grid_m = tl.cdiv(M, BLOCK_M)
-    grid_n = tl.cdiv(N, BLOCK_N)
-    group = GROUP_M * grid_n
-    first_m = (tile // group) * GROUP_M
-    group_m = min(grid_m - first_m, GROUP_M)
-    pid_m = first_m + (tile % group) % group_m
-    pid_n = (tile % group) // group_m
+    pid_m, pid_n = grouped_tile(tile, tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
 
     # Rows/columns wrap (modulo) for the loads, so only the K tail needs a mask; the store masks.
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -252,14 +247,6 @@ CONFIGS = {
 }
 
 _MAX_SPLIT = 16
-_H100_SMS = 132  # the interpreter has no SMs: size splits as for an H100
-
-
-@functools.lru_cache(maxsize=None)
-def _sm_count(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return _H100_SMS
 
 
 @functools.lru_cache(maxsize=4096)
@@ -290,7 +277,7 @@ def _split_for(M, N, K, bm, bn, bk, elt, sms, dbias) -> int:
 def _split_k(args) -> int:
     return _split_for(args["M"], args["N"], args["K"], args["BLOCK_M"], args["BLOCK_N"],
                       args["BLOCK_K"], args["a_ptr"].element_size(),
-                      _sm_count(args["c_ptr"].device), args["DBIAS"])
+                      sm_count(args["c_ptr"].device), args["DBIAS"])
 
 
 # Every BLOCK_K divides this: K % _K_ALIGN == 0 means no program meets a partial K step.
@@ -305,11 +292,6 @@ _GEMMS = {
 
 def _operand_class(dtype: torch.dtype) -> str:
     return {torch.float64: "64", torch.float32: "32"}.get(dtype, "16")
-
-
-def _input_precision(dtype: torch.dtype, tf32: bool) -> str:
-    # Pinned either way: a GPU's tl.dot default for fp32 is TF32, whatever torch's switch says.
-    return "tf32" if dtype == torch.float32 and tf32 else "ieee"
 
 
 # Arrival counters, one int32 per tile, kept zero between launches by the last program of each
@@ -349,7 +331,7 @@ def _launch(product, a, a_strides, b, b_strides, c, M, N, K, tf32, *, z=None, bi
     dtype = a.dtype
     cls = _operand_class(dtype)
     splits, tiles = _workspace_plan(product, cls, M, N, K, a.element_size(),
-                                    _sm_count(c.device), dbias is not None)
+                                    sm_count(c.device), dbias is not None)
     if splits > 1:
         ws = torch.empty((splits, M, N), dtype=torch.float32 if cls != "64" else dtype,
                          device=c.device)
@@ -371,8 +353,8 @@ def _launch(product, a, a_strides, b, b_strides, c, M, N, K, tf32, *, z=None, bi
         M, N, K,
         MASK_A=z is not None, HAS_BIAS=bias is not None, DBIAS=dbias is not None,
         RELU=relu, DROPOUT=dropout,
-        INPUT_PRECISION=_input_precision(dtype, tf32),
-        ACC_DTYPE=tl.float64 if dtype == torch.float64 else tl.float32,
+        INPUT_PRECISION=input_precision(dtype, tf32),
+        ACC_DTYPE=tl_accumulator(dtype),
         EVEN_K=K % _K_ALIGN == 0,
     )
 

@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastalex.kernels._runtime import autotune, new_empty
+from fastalex.kernels._runtime import autotune, new_empty, tl_accumulator
 
 # The launcher sizes the column block to the contiguous axis (AlexNet: 96 or 256 channels for
 # channels-last, widths 13, 27, 55 for NCHW; capped at _MAX_BLOCK_Q, wider ones span several
@@ -291,10 +291,6 @@ def index_dtype(kernel_area: int) -> torch.dtype:
     return torch.int32
 
 
-def _acc(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
 def _memory_format(channels_last: bool) -> torch.memory_format:
     return torch.channels_last if channels_last else torch.contiguous_format
 
@@ -341,7 +337,7 @@ def max_pool2d_forward(
         *y.stride(),
         KH=kernel_size[0], KW=kernel_size[1], SH=stride[0], SW=stride[1],
         PH=padding[0], PW=padding[1], DH=dilation[0], DW=dilation[1],
-        STORE_ARG=with_arg, ACC=_acc(x.dtype),
+        STORE_ARG=with_arg, ACC=tl_accumulator(x.dtype),
         UNROLL=kernel_size[0] * kernel_size[1] <= _MAX_UNROLL,
         CHANNELS_LAST=channels_last, ROWS_INT64=rows > _INT32_LIMIT, BLOCK_Q=block_q,
     )
@@ -380,7 +376,7 @@ def max_pool2d_backward(
         KH=kernel_size[0], KW=kernel_size[1], SH=stride[0], SW=stride[1],
         PH=padding[0], PW=padding[1], DH=dilation[0], DW=dilation[1],
         NJH=njh, NJW=njw,
-        ACC=_acc(grad_output.dtype), UNROLL=njh * njw <= _MAX_UNROLL,
+        ACC=tl_accumulator(grad_output.dtype), UNROLL=njh * njw <= _MAX_UNROLL,
         CHANNELS_LAST=channels_last, ROWS_INT64=rows > _INT32_LIMIT, BLOCK_Q=block_q,
     )
     return grad_input

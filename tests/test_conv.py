@@ -257,8 +257,8 @@ def test_fp32_follows_cudnn_tf32_switch(device, monkeypatch, allow):
     x, w, b = (t.float().to(device) for t in _inputs(1, 4, 5, 5, 4, 3, 1))
     conv2d(x, w, b, 1, 1)
     assert seen == [allow]
-    assert conv_kernels._precision(torch.float32, allow) == ("tf32" if allow else "ieee")
-    assert conv_kernels._precision(torch.float16, True) == "ieee"
+    assert conv_kernels.input_precision(torch.float32, allow) == ("tf32" if allow else "ieee")
+    assert conv_kernels.input_precision(torch.float16, True) == "ieee"
 
 
 def _error_cases():

@@ -310,8 +310,8 @@ def test_autocast(device):
 
 def test_tf32_switch_reaches_the_kernel(device, monkeypatch):
     seen = []
-    real = linear_kernels._input_precision
-    monkeypatch.setattr(linear_kernels, "_input_precision",
+    real = linear_kernels.input_precision
+    monkeypatch.setattr(linear_kernels, "input_precision",
                         lambda dtype, tf32: seen.append(real(dtype, tf32)) or seen[-1])
     x, w, b = (t.to(device, torch.float32) for t in _inputs(4, 8, 3))
     previous = torch.backends.cuda.matmul.allow_tf32
