@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from fastalex import checkpoint
-from fastalex.lr_schedules import PlateauDecay, warmup_cosine
+from fastalex.training import checkpoint
+from fastalex.training.schedules import PlateauDecay, warmup_cosine
 
 
 def test_save_and_load_round_trip(tmp_path):
@@ -53,7 +53,7 @@ def test_crash_while_writing_keeps_the_previous_checkpoint(tmp_path, monkeypatch
 
 _WRITER = textwrap.dedent("""
     import sys, torch
-    from fastalex import checkpoint
+    from fastalex.training import checkpoint
     path = sys.argv[1]
     big = torch.randn(2_000_000)  # 8 MB: each write takes a while (fsync included)
     for epoch in range(1, 1_000_000):

@@ -1,4 +1,4 @@
-"""fastalex.data: the built-in dataset, training-set statistics, the paper's transforms, loading.
+"""fastalex.training.data: the built-in dataset, training-set statistics, the paper's transforms, loading.
 
 No kernels here (no ``device`` fixture): everything is checked on the CPU against NumPy or
 explicit slicing, on tiny images so the file runs in seconds.
@@ -16,9 +16,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from fastalex.data import builtin
-from fastalex.data.builtin import CLASSES, default_cache_dir, ensure_builtin_dataset, render_image
-from fastalex.data.datasets import (
+from fastalex.training.data import builtin
+from fastalex.training.data.builtin import CLASSES, default_cache_dir, ensure_builtin_dataset, render_image
+from fastalex.training.data.datasets import (
     CorruptImageWarning,
     DataError,
     EncodedImageFolder,
@@ -28,8 +28,8 @@ from fastalex.data.datasets import (
     collate_skip_none,
     decode_images,
 )
-from fastalex.data.stats import ImageStats, load_or_compute_stats
-from fastalex.data.transforms import (
+from fastalex.training.data.stats import ImageStats, load_or_compute_stats
+from fastalex.training.data.transforms import (
     BatchTrainTransform,
     PCALighting,
     SubtractMean,
@@ -283,7 +283,7 @@ def test_stats_resize_and_centre_crop(tmp_path):
 
 
 def test_stats_cache(tmp_path, monkeypatch):
-    from fastalex.data import stats as stats_module
+    from fastalex.training.data import stats as stats_module
 
     train, _ = _square_tree(tmp_path)
     cache = tmp_path / "cache" / "stats.pt"

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 import fastalex
-from fastalex import checkpoint, evaluate, train
-from fastalex.data.builtin import ensure_builtin_dataset
+from fastalex.training import checkpoint, evaluate, train
+from fastalex.training.data.builtin import ensure_builtin_dataset
 
 # The in-process runs stay on the CPU even on a CUDA machine: exact resume is a CPU promise
 # (cuDNN's autotuned convolutions are not bit-reproducible).
@@ -124,7 +124,7 @@ def test_seeded_workers_make_the_same_batches(tiny_data):
     args = parser.parse_args(["--data", str(tiny_data), *TINY, "-j", "2"])
     device = torch.device("cpu")
     train.resolve_args(args, device)
-    info = fastalex.distributed.DistInfo()
+    info = fastalex.training.distributed.DistInfo()
     _, _, train_set, val_set = train.prepare_data(args, info, Path(tiny_data))
     batches = []
     for _ in range(2):

@@ -4,7 +4,7 @@ Every flag the user leaves out is filled from one of these; a flag given on the 
 always wins.
 """
 
-from fastalex.system import usable_cpus
+from fastalex.training.system import usable_cpus
 
 # The paper's recipe (section 5): SGD, batch 128, momentum 0.9, weight decay 5e-4, lr 0.01
 # divided by 10 when the validation error stopped improving (three times), ~90 epochs; 256 px
@@ -29,7 +29,7 @@ PAPER = dict(
     per_channel_mean=False,
 )
 
-# The built-in "shapes" dataset (fastalex.data.builtin): the plain `python -m fastalex.train`
+# The built-in "shapes" dataset (fastalex.training.data.builtin): the plain `python -m fastalex.train`
 # must finish in under 5 minutes on a 2-core CPU (generation and statistics included) and reach
 # a validation top-1 error of 50% or less (chance: 90%). The network is the paper's (same
 # layers, LRN, dropout 0.5, initialisation, mean-image input in 0-255); what differs from the

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from fastalex import distributed
+from fastalex.training import distributed
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

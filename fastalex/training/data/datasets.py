@@ -8,7 +8,7 @@ GPU decoding (optional, for when the CPUs cannot decode JPEGs as fast as the GPU
 :class:`EncodedImageFolder` + :func:`collate_encoded` make the DataLoader's workers only read
 files; :func:`decode_images` decodes a batch with nvJPEG (``torchvision.io.decode_jpeg`` on
 ``device="cuda"``) in the training process, and
-:class:`fastalex.data.transforms.BatchTrainTransform` applies the paper's augmentation there::
+:class:`fastalex.training.data.transforms.BatchTrainTransform` applies the paper's augmentation there::
 
     loader = DataLoader(EncodedImageFolder(root), batch_size=128, collate_fn=collate_encoded)
     for datas, targets, paths in loader:

@@ -1,7 +1,7 @@
 """Data: the built-in dataset, the paper's transforms and ImageFolder loading."""
 
-from fastalex.data.builtin import CLASSES, default_cache_dir, ensure_builtin_dataset
-from fastalex.data.datasets import (
+from fastalex.training.data.builtin import CLASSES, default_cache_dir, ensure_builtin_dataset
+from fastalex.training.data.datasets import (
     CorruptImageWarning,
     DataError,
     EncodedImageFolder,
@@ -11,8 +11,8 @@ from fastalex.data.datasets import (
     collate_skip_none,
     decode_images,
 )
-from fastalex.data.stats import ImageStats, load_or_compute_stats
-from fastalex.data.transforms import (
+from fastalex.training.data.stats import ImageStats, load_or_compute_stats
+from fastalex.training.data.transforms import (
     BatchTrainTransform,
     PCALighting,
     SubtractMean,

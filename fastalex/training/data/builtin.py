@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from fastalex.system import usable_cpus
+from fastalex.training.system import usable_cpus
 
 __all__ = [
     "CLASSES",
@@ -290,7 +290,7 @@ def _params(image_size: int, train_per_class: int, val_per_class: int, seed: int
 
 def _manifest(params: dict) -> dict:
     return {
-        "generator": "fastalex.data.builtin",
+        "generator": "fastalex.training.data.builtin",
         "version": VERSION,
         "classes": list(CLASSES),
         "params": params,

@@ -21,9 +21,9 @@ from torch.utils.data import DataLoader, Subset
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
-from fastalex.atomic import save_atomic
-from fastalex.data.datasets import DataError, SafeImageFolder
-from fastalex.system import usable_cpus
+from fastalex.training.atomic import save_atomic
+from fastalex.training.data.datasets import DataError, SafeImageFolder
+from fastalex.training.system import usable_cpus
 
 __all__ = ["ImageStats", "compute_stats", "load_or_compute_stats"]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastalex.atomic import TMP_SUFFIX, save_atomic  # noqa: F401 (checkpoint.save_atomic)
+from fastalex.training.atomic import TMP_SUFFIX, save_atomic  # noqa: F401 (checkpoint.save_atomic)
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "model_best.pt"

@@ -1,0 +1,1 @@
+"""The training application: what ``python -m fastalex.train`` and ``fastalex.evaluate`` run."""
