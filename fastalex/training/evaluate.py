@@ -4,21 +4,28 @@ Top-1 and top-5 error on the validation split, with the single centre crop and w
 paper's 10 crops (four corners and the centre, each also mirrored; softmax averaged). The
 checkpoint carries everything else: the model configuration, the class names, the training
 set's mean image (so no statistics are recomputed) and the data flags it was trained with.
-``python -m fastalex.train --evaluate --resume CHECKPOINT`` runs the same code.
 """
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
+from fastalex.training import presets
+from fastalex.training.startup import (
+    HelpFormatter,
+    UsageError,
+    log,
+    resolve_device,
+    run_cli,
+    session,
+)
 
-from fastalex.training.train import UsageError, resolve_device
+PROG = "python -m fastalex.evaluate"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m fastalex.evaluate",
+        prog=PROG, formatter_class=HelpFormatter,
         description="Top-1/top-5 error of a fastalex checkpoint (checkpoint.pt or "
                     "model_best.pt) on the validation split: centre crop and 10-crop.")
     p.add_argument("checkpoint", help="checkpoint.pt or model_best.pt written by fastalex.train")
@@ -26,15 +33,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ImageFolder tree with val/ (default: the data the checkpoint was "
                         "trained on; the built-in dataset is regenerated if missing)")
     p.add_argument("--crops", choices=("center", "ten", "both"), default="both",
-                   help="centre crop, the paper's 10 crops, or both (default both)")
+                   help="centre crop, the paper's 10 crops, or both")
     p.add_argument("--ten-crop", dest="crops", action="store_const", const="ten",
                    help="only the 10-crop score (same as --crops ten)")
     p.add_argument("--device", help="cuda, cpu, ... (default: cuda if available)")
     p.add_argument("-b", "--batch-size", type=int, default=128, metavar="N",
-                   help="images per batch (10-crop batches hold N/10 images) (128)")
-    p.add_argument("-j", "--workers", type=int, default=None, metavar="N",
-                   help="data-loading processes (default: CPUs - 1, at most 8)")
-    p.add_argument("--amp", choices=("bf16", "fp16"), help="autocast mixed precision")
+                   help="images per batch (10-crop batches hold N/10 images)")
+    p.add_argument("-j", "--workers", type=int, default=presets.default_workers(), metavar="N",
+                   help="data-loading processes")
+    p.add_argument("--amp", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="autocast mixed precision")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON here")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -50,106 +58,91 @@ def load_model(state: dict, device):
     return model.to(device).eval()
 
 
-def evaluate_checkpoint(path, *, data=None, device=None, ten_crop=True, center=True, workers=None,
-                        batch_size=128, amp=None, channels_last=False, progress=True, info=None,
-                        json_path=None) -> int:
-    """Print (and return 0 after) the centre-crop and/or 10-crop errors of checkpoint ``path``."""
-    import torch
-    from torch.utils.data import DataLoader
-    from torch.utils.data.distributed import DistributedSampler
+def _load(path: Path, device) -> tuple[dict, object]:
+    from fastalex.training import checkpoint
 
-    from fastalex.training import checkpoint, distributed, engine, presets
-    from fastalex.training.data import builtin, datasets, transforms
-    from fastalex.training.data.stats import ImageStats
-
-    info = info or distributed.DistInfo()
-    device = torch.device(device) if device is not None else torch.device(
-        "cuda" if torch.cuda.is_available() else "cpu")
-    path = Path(path).expanduser()
     if not path.is_file():
         raise UsageError(f"{path}: no such checkpoint file")
     try:
         state = checkpoint.load(path)
-        saved = state["args"]
-        model = load_model(state, device)
+        return state, load_model(state, device)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is a user error here
         raise UsageError(f"{path}: not a fastalex checkpoint ({exc})") from None
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+
+
+def _data_dir(data, saved: dict, progress: bool) -> Path:
+    from fastalex.training.data import builtin
 
     data = data or saved.get("data")
     if data:
-        data_dir = Path(data).expanduser()
-    else:
-        data_dir = builtin.ensure_builtin_dataset(
-            image_size=saved["builtin_image_size"],
-            train_per_class=saved["builtin_train_per_class"],
-            val_per_class=saved["builtin_val_per_class"], seed=0, progress=progress)
+        return Path(data).expanduser()
+    return builtin.ensure_builtin_dataset(
+        image_size=saved["builtin_image_size"], train_per_class=saved["builtin_train_per_class"],
+        val_per_class=saved["builtin_val_per_class"], seed=0, progress=progress)
+
+
+def evaluate_checkpoint(path, *, data=None, device=None, ten_crop=True, center=True,
+                        workers=None, batch_size=128, amp=None, channels_last=False,
+                        progress=True, info=None, json_path=None) -> dict:
+    """The centre-crop and/or 10-crop scores of checkpoint ``path`` (printed on rank 0):
+    ``{"checkpoint", "epoch", "center": {...}, "ten_crop": {...}}``, each score holding
+    top1_error, top5_error, loss and images. ``data`` defaults to the checkpoint's data,
+    ``device`` to cuda when available; ``info`` is the process group's (one process if None).
+    """
+    import torch
+
+    from fastalex.training import builders, distributed, engine
+    from fastalex.training.data import datasets
+    from fastalex.training.data.stats import ImageStats
+
+    info = info or distributed.DistInfo()
+    device = device if isinstance(device, torch.device) else resolve_device(device)
+    path = Path(path).expanduser()
+    state, model = _load(path, device)
+    saved = argparse.Namespace(**state["args"])
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    data_dir = _data_dir(data, state["args"], progress and info.is_main)
     image_stats = ImageStats(**state["stats"])
-    if workers is None:
-        workers = presets.default_workers(device.type)
+    workers = presets.default_workers() if workers is None else workers
 
-    def line(*parts):
-        if info.is_main:
-            print(*parts, flush=True)
-
-    line(f"checkpoint: {path} (epoch {state.get('epoch')}, {len(state['classes'])} classes, "
-         f"input {saved['crop']} px)")
+    log(info, f"checkpoint: {path} (epoch {state.get('epoch')}, {len(state['classes'])} "
+              f"classes, input {saved.crop} px)")
     results = {"checkpoint": str(path), "epoch": state.get("epoch")}
     for name, ten in (("center", False), ("ten_crop", True)):
         if (ten and not ten_crop) or (not ten and not center):
             continue
-        tf = transforms.eval_transform(image_stats, size=saved["image_size"], crop=saved["crop"],
-                                       per_channel_mean=saved["per_channel_mean"], ten_crop=ten)
-        _, val_set = datasets.build_datasets(data_dir, None, tf)
+        val_set = datasets.load_split(data_dir, "val", builders.val_transform(saved, image_stats,
+                                                                              ten))
         if val_set.classes != list(state["classes"]):
             raise UsageError(f"{data_dir}: its classes differ from the checkpoint's "
                              f"({len(val_set.classes)} vs {len(state['classes'])})")
-        sampler = DistributedSampler(val_set, info.world_size, info.rank, shuffle=False) \
-            if info.enabled else None
-        loader = DataLoader(val_set, batch_size=max(1, batch_size // 10) if ten else batch_size,
-                            sampler=sampler, num_workers=workers,
-                            pin_memory=device.type == "cuda",
-                            collate_fn=datasets.collate_skip_none)
+        loader = builders.val_loader(val_set, batch_size=batch_size, ten_crop=ten,
+                                     workers=workers, device=device, info=info)
         out = engine.evaluate(model, loader, device, amp=amp, channels_last=channels_last,
                               info=info, progress=progress,
                               desc="10-crop" if ten else "centre crop")
         results[name] = {k: out[k] for k in ("top1_error", "top5_error", "loss", "images")}
-        line(f"{'10-crop' if ten else 'centre crop':>11}: top-1 error "
-             f"{100 * out['top1_error']:.2f}%, top-5 error {100 * out['top5_error']:.2f}% "
-             f"({out['images']} images of {data_dir / 'val'})")
+        log(info, f"{'10-crop' if ten else 'centre crop':>11}: top-1 error "
+                  f"{100 * out['top1_error']:.2f}%, top-5 error {100 * out['top5_error']:.2f}% "
+                  f"({out['images']} images of {data_dir / 'val'})")
     if json_path and info.is_main:
         Path(json_path).write_text(json.dumps(results, indent=2) + "\n")
-    return 0
+    return results
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    from fastalex.training import distributed
-    from fastalex.training.data.datasets import DataError
+    args = build_parser().parse_args(argv)
 
-    try:
+    def command() -> int:
         if args.batch_size < 1:
             raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-        device = resolve_device(args.device)
-        info = distributed.init(device.type)
-        try:
-            if info.enabled and device.type == "cuda":
-                import torch
-
-                device = torch.device("cuda", info.local_rank)
-            return evaluate_checkpoint(
+        with session(args.device) as (device, info):
+            evaluate_checkpoint(
                 args.checkpoint, data=args.data, device=device, ten_crop=args.crops != "center",
                 center=args.crops != "ten", workers=args.workers, batch_size=args.batch_size,
                 amp=args.amp, channels_last=args.channels_last, progress=not args.no_progress,
                 info=info, json_path=args.json)
-        finally:
-            distributed.shutdown()
-    except (UsageError, DataError) as exc:
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-        return 2
+        return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return run_cli(PROG, command)

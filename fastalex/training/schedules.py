@@ -1,83 +1,88 @@
-"""Learning-rate schedules: the paper's manual decay, and warm-up + cosine for short runs.
+"""Learning-rate schedules, built from torch's schedulers.
 
-- :class:`PlateauDecay` (the paper, section 5): "divide the learning rate by 10 when the
-  validation error rate stopped improving with the current learning rate", three times in all.
-  Like ``torch.optim.lr_scheduler.ReduceLROnPlateau(mode="min", factor=0.1)`` on the validation
-  top-1 error, plus a cap on the number of decays. Stepped once per epoch.
-- :func:`warmup_cosine`: linear warm-up, then cosine decay to zero, stepped once per
-  optimizer step. Used by the built-in dataset's short preset (see fastalex.presets).
-- :func:`constant`: no schedule.
+- :func:`plateau` (the paper, section 5): "divide the learning rate by 10 when the validation
+  error rate stopped improving with the current learning rate", at most ``max_decays`` times.
+  Stepped once per epoch with the validation top-1 error.
+- :func:`warmup_cosine`: linear warm-up, then a half cosine to zero; stepped after every
+  optimizer step.
+- :func:`constant`: the lr as set (a scheduler all the same, so every checkpoint has one).
 """
 
-import math
-
 import torch
+from torch.optim.lr_scheduler import (
+    ConstantLR,
+    CosineAnnealingLR,
+    LinearLR,
+    LRScheduler,
+    ReduceLROnPlateau,
+    SequentialLR,
+)
+
+# State that changes as a schedule runs; the rest of a state dict is the schedule's shape.
+_PROGRESS = frozenset({
+    "last_epoch", "_step_count", "_last_lr", "_is_initial", "_get_lr_called_within_step",
+    "best", "num_bad_epochs", "cooldown_counter", "verbose",
+})
 
 
-class PlateauDecay:
-    """Multiply every group's lr by ``factor`` when the monitored value (lower is better) has not
-    improved by more than ``threshold`` (relative) for ``patience`` epochs; at most ``max_decays``
-    times. Call :meth:`step` once per epoch with the validation error."""
+def plateau(optimizer: torch.optim.Optimizer, *, patience: int, max_decays: int,
+            factor: float = 0.1, threshold: float = 1e-4) -> ReduceLROnPlateau:
+    """Multiply every group's lr by ``factor`` when the monitored value (lower is better) has
+    not improved by more than ``threshold`` (relative) for ``patience`` epochs; at most
+    ``max_decays`` times.
 
-    per_step = False
-
-    def __init__(self, optimizer: torch.optim.Optimizer, *, factor: float = 0.1,
-                 patience: int = 5, max_decays: int = 3, threshold: float = 1e-4):
-        if not 0.0 < factor < 1.0:
-            raise ValueError(f"factor must be in (0, 1), got {factor!r}")
-        if patience < 0:
-            raise ValueError(f"patience must be >= 0, got {patience!r}")
-        if max_decays < 0:
-            raise ValueError(f"max_decays must be >= 0, got {max_decays!r}")
-        self.optimizer = optimizer
-        self.factor, self.patience, self.max_decays = factor, patience, max_decays
-        self.threshold = threshold
-        self.best = math.inf
-        self.bad_epochs = 0
-        self.decays = 0
-
-    def step(self, value: float) -> bool:
-        """Record one epoch's validation error; returns True when the lr was just divided."""
-        if value < self.best * (1.0 - self.threshold):
-            self.best, self.bad_epochs = value, 0
-            return False
-        self.bad_epochs += 1
-        if self.bad_epochs <= self.patience or self.decays >= self.max_decays:
-            return False
-        for group in self.optimizer.param_groups:
-            group["lr"] *= self.factor
-        self.decays += 1
-        self.bad_epochs = 0
-        return True
-
-    def state_dict(self) -> dict:
-        return {"best": self.best, "bad_epochs": self.bad_epochs, "decays": self.decays}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.best, self.bad_epochs = state["best"], state["bad_epochs"]
-        self.decays = state["decays"]
-
-
-class _PerStep(torch.optim.lr_scheduler.LambdaLR):
-    per_step = True
+    The cap is ReduceLROnPlateau's ``min_lr``: each group's lr multiplied by ``factor``
+    ``max_decays`` times, in the same float operations as the decays themselves, so the last
+    allowed decay lands on it exactly and a further one changes nothing (``eps=0``: a decay is
+    never dropped for being small).
+    """
+    if max_decays < 0:
+        raise ValueError(f"max_decays must be >= 0, got {max_decays!r}")
+    min_lrs = []
+    for group in optimizer.param_groups:
+        lr = float(group["lr"])
+        for _ in range(max_decays):
+            lr *= factor
+        min_lrs.append(lr)
+    return ReduceLROnPlateau(optimizer, mode="min", factor=factor, patience=patience,
+                             threshold=threshold, threshold_mode="rel", min_lr=min_lrs, eps=0.0)
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, *, total_steps: int,
-                  warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """lr rises linearly from lr/warmup_steps to lr over ``warmup_steps`` steps, then follows a
-    half cosine to 0 at ``total_steps``. Step it after every optimizer step."""
+                  warmup_steps: int) -> LRScheduler:
+    """The lr rises linearly from lr/warmup_steps to lr over ``warmup_steps`` steps, then
+    follows a half cosine to 0 at ``total_steps``. Step it after every optimizer step."""
     total_steps = max(1, total_steps)
     warmup_steps = min(max(0, warmup_steps), total_steps)
+    # Steps 0 .. warmup_steps - 1 at lr * (step + 1) / warmup_steps; the cosine starts at lr.
+    # Without warm-up the milestone is 0 and the linear part never runs: the scheduler keeps
+    # the same structure, so resuming can compare it with the checkpoint's.
+    warmup = LinearLR(optimizer, start_factor=1.0 / max(1, warmup_steps), end_factor=1.0,
+                      total_iters=max(1, warmup_steps - 1))
+    cosine = CosineAnnealingLR(optimizer, T_max=max(1, total_steps - warmup_steps))
+    return SequentialLR(optimizer, [warmup, cosine], milestones=[warmup_steps])
 
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
-    return _PerStep(optimizer, factor)
+def constant(optimizer: torch.optim.Optimizer) -> LRScheduler:
+    """The lr as set, throughout."""
+    return ConstantLR(optimizer, factor=1.0, total_iters=0)
 
 
-def constant(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
-    """The lr as set, throughout (kept as a scheduler so checkpoints look alike)."""
-    return _PerStep(optimizer, lambda step: 1.0)
+def per_step(scheduler) -> bool:
+    """True for a schedule stepped after every optimizer step, False for one stepped once per
+    epoch with the validation error (:func:`plateau`)."""
+    return not isinstance(scheduler, ReduceLROnPlateau)
+
+
+def shape_differences(current: dict, saved: dict) -> list[str]:
+    """The settings in which two schedulers' state dicts differ, ignoring how far each has run
+    (keys present in only one, e.g. from another torch version, are not compared)."""
+    differences = []
+    for key in sorted(current.keys() & saved.keys() - _PROGRESS):
+        a, b = current[key], saved[key]
+        if key == "_schedulers" and len(a) == len(b):  # SequentialLR: compare each part
+            differences += [f"{key}[{i}].{name}" for i, (x, y) in enumerate(zip(a, b))
+                            for name in shape_differences(x, y)]
+        elif a != b:
+            differences.append(key)
+    return differences

@@ -95,8 +95,8 @@ def _key(dataset: SafeImageFolder, indices: list[int], size: int) -> dict:
 @contextmanager
 def _single_threaded():
     """torch on one thread for a while. The work here is many small ops (stacking a batch,
-    summing it), where intra-op threads only cost: on a CPU that other processes keep busy
-    they measured 100-1000x slower than one thread."""
+    summing it), where intra-op threads only cost, most of all on a CPU that the loader's
+    workers keep busy (docs/training.md)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
