@@ -26,16 +26,16 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from fastalex.data.builtin import ensure_builtin_dataset
-from fastalex.data.datasets import (
+from fastalex.training.data.builtin import ensure_builtin_dataset
+from fastalex.training.data.datasets import (
     EncodedImageFolder,
     SafeImageFolder,
     collate_encoded,
     collate_skip_none,
     decode_images,
 )
-from fastalex.data.stats import load_or_compute_stats
-from fastalex.data.transforms import BatchTrainTransform, train_transform
+from fastalex.training.data.stats import load_or_compute_stats
+from fastalex.training.data.transforms import BatchTrainTransform, train_transform
 
 CPU_BATCH = 128
 GPU_BATCH = 256

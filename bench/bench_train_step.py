@@ -69,7 +69,7 @@ def make_step(impl: str, dtype: str, layout: str, size: dict, device: str, mode:
                     impl="fastalex" if impl.startswith("fastalex") else "torch").to(device)
     memory_format = torch.channels_last if layout == "cl" else torch.contiguous_format
     model = model.to(memory_format=memory_format).train()
-    # fused: the trainer's update (fastalex.train.build_optimizer), the same in all three builds
+    # fused: the trainer's update (fastalex.training.builders.build_optimizer), the same in all three builds
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4,
                                 fused=True)
     forward = model

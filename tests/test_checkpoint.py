@@ -1,5 +1,5 @@
-"""Checkpoints: atomic writes (a crash mid-write keeps the previous file loadable), every RNG
-state restored, weights_only loading; the paper's plateau schedule."""
+"""fastalex.training.checkpoint: atomic writes (a crash mid-write keeps the previous file
+loadable, so does a SIGKILL at any moment), every RNG state restored, weights_only loading."""
 
 import os
 import random
@@ -13,14 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from fastalex import checkpoint
-from fastalex.lr_schedules import PlateauDecay, warmup_cosine
+from fastalex.training import checkpoint
 
 
 def test_save_and_load_round_trip(tmp_path):
     path = tmp_path / "ck.pt"
     obj = {"model": {"w": torch.randn(3, 4)}, "epoch": 3, "args": {"lr": 0.1, "data": None}}
-    checkpoint.save_atomic(obj, path)
+    checkpoint.save(obj, path)
     back = checkpoint.load(path)
     assert back["epoch"] == 3 and back["args"] == obj["args"]
     assert torch.equal(back["model"]["w"], obj["model"]["w"])
@@ -33,7 +32,7 @@ def test_save_and_load_round_trip(tmp_path):
 
 def test_crash_while_writing_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.pt"
-    checkpoint.save_atomic({"epoch": 1, "w": torch.ones(1000)}, path)
+    checkpoint.save({"epoch": 1, "w": torch.ones(1000)}, path)
 
     real_save = torch.save
 
@@ -44,7 +43,7 @@ def test_crash_while_writing_keeps_the_previous_checkpoint(tmp_path, monkeypatch
 
     monkeypatch.setattr(torch, "save", crash_half_way)
     with pytest.raises(OSError, match="disk full"):
-        checkpoint.save_atomic({"epoch": 2, "w": torch.zeros(1000)}, path)
+        checkpoint.save({"epoch": 2, "w": torch.zeros(1000)}, path)
     monkeypatch.undo()
     back = checkpoint.load(path)
     assert back["epoch"] == 1 and torch.equal(back["w"], torch.ones(1000))
@@ -53,11 +52,11 @@ def test_crash_while_writing_keeps_the_previous_checkpoint(tmp_path, monkeypatch
 
 _WRITER = textwrap.dedent("""
     import sys, torch
-    from fastalex import checkpoint
+    from fastalex.training import checkpoint
     path = sys.argv[1]
     big = torch.randn(2_000_000)  # 8 MB: each write takes a while (fsync included)
     for epoch in range(1, 1_000_000):
-        checkpoint.save_atomic({"epoch": epoch, "w": big, "check": big.sum()}, path)
+        checkpoint.save({"epoch": epoch, "w": big, "check": big.sum()}, path)
         print(epoch, flush=True)
 """)
 
@@ -87,7 +86,7 @@ def test_rng_state_round_trip(tmp_path):
     gen = torch.Generator().manual_seed(5)
     random.seed(1), np.random.seed(2), torch.manual_seed(3)
     gen.manual_seed(4)
-    checkpoint.save_atomic({"rng": checkpoint.rng_state(gen)}, tmp_path / "rng.pt")
+    checkpoint.save({"rng": checkpoint.rng_state(gen)}, tmp_path / "rng.pt")
     expected = (random.random(), np.random.rand(), torch.rand(1), torch.rand(1, generator=gen))
     random.seed(9), np.random.seed(9), torch.manual_seed(9)
     gen.manual_seed(9)
@@ -95,31 +94,3 @@ def test_rng_state_round_trip(tmp_path):
     got = (random.random(), np.random.rand(), torch.rand(1), torch.rand(1, generator=gen))
     assert got[:2] == expected[:2]
     assert torch.equal(got[2], expected[2]) and torch.equal(got[3], expected[3])
-
-
-def test_plateau_decay_divides_by_ten_at_most_three_times():
-    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.01)
-    sched = PlateauDecay(opt, patience=2, max_decays=3)
-    history = []
-    for error in [0.9, 0.8, 0.8, 0.8, 0.8] + [0.8] * 12:
-        sched.step(error)
-        history.append(opt.param_groups[0]["lr"])
-    # improvement at epochs 1-2, then 2 epochs of patience, then a decay every 3rd epoch
-    assert history[:5] == [0.01, 0.01, 0.01, 0.01, pytest.approx(0.001)]
-    assert history[-1] == pytest.approx(1e-5)  # three decays, then no more
-    assert sched.decays == 3
-    again = PlateauDecay(opt, patience=2)
-    again.load_state_dict(sched.state_dict())
-    assert again.state_dict() == sched.state_dict()
-
-
-def test_warmup_cosine_shape():
-    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    sched = warmup_cosine(opt, total_steps=10, warmup_steps=2)
-    lrs = []
-    for _ in range(10):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    assert lrs[0] == pytest.approx(0.5) and lrs[1] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(lrs[1:], lrs[2:])) and lrs[-1] < 0.05

@@ -15,8 +15,8 @@ import textwrap
 
 import torch
 
-from fastalex import checkpoint
-from fastalex.data.builtin import ensure_builtin_dataset
+from fastalex.training import checkpoint
+from fastalex.training.data.builtin import ensure_builtin_dataset
 
 
 def torchrun(args, tmp_path, timeout=240):

@@ -1,55 +1,26 @@
-"""The training and evaluation CLIs on a tiny generated dataset.
+"""fastalex.training.train: training runs through the command line, on a tiny generated dataset.
 
-Runs in this process call ``fastalex.train.main`` inside ``fastalex.reference_ops()`` (the
-kernels have their own tests; the interpreter would take minutes); one run goes through
+Runs in this process call ``fastalex.training.train.main`` inside ``fastalex.reference_ops()``
+(the kernels have their own tests; the interpreter would take minutes); one run goes through
 ``python -m fastalex.train`` in a subprocess without TRITON_INTERPRET, exactly as a user runs it
 (on a CPU that is the PyTorch reference path too).
 """
 
-import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 import fastalex
-from fastalex import checkpoint, evaluate, train
-from fastalex.data.builtin import ensure_builtin_dataset
+from fastalex.training import checkpoint, options, train
+from train_helpers import TINY, main_in_process, rows, subprocess_env, tiny_data  # noqa: F401
 
-# The in-process runs stay on the CPU even on a CUDA machine: exact resume is a CPU promise
-# (cuDNN's autotuned convolutions are not bit-reproducible).
-TINY = ["--image-size", "70", "--crop", "67", "-b", "8", "-j", "0", "--no-progress",
-        "--device", "cpu"]
 CUDA = torch.cuda.is_available()
 TIMING = ("images_per_s", "train_seconds", "seconds")
 ROW_KEYS = {"epoch", "train_loss", "val_top1_error", "val_top5_error", "lr", "images_per_s",
             "seconds"}
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    """10 classes, 4 training and 2 validation images each, 72 px."""
-    root = tmp_path_factory.mktemp("data") / "tiny"
-    return ensure_builtin_dataset(root, image_size=72, train_per_class=4, val_per_class=2,
-                                  progress=False, workers=1)
-
-
-def main_in_process(args) -> int:
-    with fastalex.reference_ops():
-        return train.main([str(a) for a in args])
-
-
-def rows(output_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def subprocess_env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.update(PYTHONUNBUFFERED="1", **extra)
-    return env
 
 
 def test_cli_run_on_the_builtin_dataset(tmp_path):
@@ -118,49 +89,6 @@ def test_exact_resume(tiny_data, tmp_path):
     assert a["step"] == b["step"] == 10
 
 
-def test_seeded_workers_make_the_same_batches(tiny_data):
-    """With worker processes the epoch's augmentation comes from the re-seeded generator."""
-    parser = train.build_parser()
-    args = parser.parse_args(["--data", str(tiny_data), *TINY, "-j", "2"])
-    device = torch.device("cpu")
-    train.resolve_args(args, device)
-    info = fastalex.distributed.DistInfo()
-    _, _, train_set, val_set = train.prepare_data(args, info, Path(tiny_data))
-    batches = []
-    for _ in range(2):
-        gen = torch.Generator()
-        loader, _, _ = train.make_loaders(args, info, train_set, val_set, device, gen)
-        gen.manual_seed(train.epoch_seed(args.seed, 4, 0))
-        batches.append(next(iter(loader)))
-    assert torch.equal(batches[0][0], batches[1][0])
-    assert torch.equal(batches[0][1], batches[1][1])
-
-
-def test_evaluate_a_checkpoint(tiny_data, tmp_path, capsys):
-    out = tmp_path / "run"
-    assert main_in_process(["--data", tiny_data, *TINY, "--epochs", "1", "--output-dir", out]) == 0
-    capsys.readouterr()
-    with fastalex.reference_ops():
-        code = evaluate.main([str(out / "model_best.pt"), "-j", "0", "--no-progress",
-                              "--device", "cpu",
-                              "--json", str(tmp_path / "eval.json")])
-    assert code == 0
-    printed = capsys.readouterr().out
-    assert "centre crop: top-1 error" in printed and "10-crop: top-1 error" in printed
-    result = json.loads((tmp_path / "eval.json").read_text())
-    assert result["center"]["images"] == 20 and result["ten_crop"]["images"] == 20
-    # The centre crop on a checkpoint scores what the training run's validation scored.
-    assert result["center"]["top1_error"] == pytest.approx(rows(out)[0]["val_top1_error"])
-    for crops in ("center", "ten_crop"):
-        assert 0 <= result[crops]["top5_error"] <= result[crops]["top1_error"] <= 1
-
-    # train --evaluate runs the same scoring (centre crop, plus 10-crop with --ten-crop)
-    assert main_in_process(["--evaluate", "--resume", out / "checkpoint.pt", "--ten-crop",
-                            "-j", "0", "--no-progress", "--device", "cpu"]) == 0
-    printed = capsys.readouterr().out
-    assert "centre crop: top-1 error" in printed and "10-crop: top-1 error" in printed
-
-
 @pytest.mark.parametrize("args,message", [
     (["--data", "/no/such/dir"], "no such directory"),
     (["--epochs", "0"], "--epochs must be >= 1"),
@@ -207,27 +135,6 @@ def test_bad_flags_exit_2(args, capsys):
     assert "error:" in capsys.readouterr().err
 
 
-def test_help_explains_every_flag(capsys):
-    with pytest.raises(SystemExit) as exc:
-        train.main(["--help"])
-    assert exc.value.code == 0
-    text = capsys.readouterr().out
-    for flag in ("--data", "--epochs", "--batch-size", "-b", "--lr", "--momentum", "--wd",
-                 "--workers", "-j", "--amp", "--channels-last", "--compile", "--device",
-                 "--seed", "--resume", "--output-dir", "--evaluate", "--ten-crop",
-                 "--print-freq", "--image-size", "--crop", "--lr-patience", "torchrun"):
-        assert flag in text, flag
-
-
-def test_builtin_preset_is_sane():
-    """The no-argument command's recipe, for each device type, passes the CLI's own checks."""
-    for device in ("cpu", "cuda"):
-        args = train.build_parser().parse_args([])
-        train.resolve_args(args, torch.device(device))
-        assert args.crop >= 67 and args.crop <= args.image_size
-        assert args.image_size <= args.builtin_image_size
-
-
 def test_gpu_decode_option(tiny_data, tmp_path, capsys):
     """--gpu-decode: the workers read files, the training process decodes and transforms them
     on the training device (the CPU here; nvJPEG on a CUDA device)."""
@@ -238,3 +145,38 @@ def test_gpu_decode_option(tiny_data, tmp_path, capsys):
     (row,) = rows(out)
     assert row["train_loss"] > 0 and 0.0 <= row["val_top1_error"] <= 1.0
     assert checkpoint.load(out / "checkpoint.pt")["step"] == 5  # 40 images / batch 8
+
+
+def test_a_run_is_a_function_of_its_configuration(tiny_data, tmp_path):
+    """options.resolve + train.run, as a study runs many trainings: the summary it returns is
+    the metrics file, the overrides beat the command line."""
+    config = options.resolve(["--data", str(tiny_data), *TINY, "--epochs", "3"],
+                             epochs=1, output_dir=str(tmp_path / "run"), lr_schedule="constant")
+    with fastalex.reference_ops():
+        summary = train.run(config)
+    assert summary["output_dir"] == tmp_path / "run" and summary["epochs_done"] == 1
+    assert summary["history"] == rows(tmp_path / "run")
+    assert summary["best"]["epoch"] == 1
+    assert summary["history"][0]["lr"] == 0.01  # the paper recipe's, kept by a constant schedule
+    assert checkpoint.load(tmp_path / "run" / "checkpoint.pt")["args"]["epochs"] == 1
+
+
+def test_resume_refuses_a_changed_schedule(tiny_data, tmp_path, capsys):
+    """The cosine schedule spans the run's --epochs: a resumed run that asks for more epochs
+    (or another lr, or another schedule) would follow another curve, so it stops with one line
+    naming the cause. The paper's plateau schedule has no end: its run may grow."""
+    out = tmp_path / "cosine"
+    assert main_in_process(["--data", tiny_data, *TINY, "--epochs", "2", "--stop-after", "1",
+                            "--lr-schedule", "cosine", "--output-dir", out]) == 0
+    capsys.readouterr()
+    for extra, cause in ((["--epochs", "3"], "T_max"), (["--lr", "1e-3"], "base_lrs"),
+                         (["--lr-schedule", "constant"], "another kind")):
+        assert main_in_process(["--resume", out / "checkpoint.pt", *TINY, *extra]) == 2
+        err = capsys.readouterr().err
+        assert "learning-rate schedule" in err and cause in err and "Traceback" not in err
+    assert len(rows(out)) == 1  # nothing was trained, nothing rewritten
+
+    out = tmp_path / "plateau"
+    assert main_in_process(["--data", tiny_data, *TINY, "--epochs", "1", "--output-dir", out]) == 0
+    assert main_in_process(["--resume", out / "checkpoint.pt", *TINY, "--epochs", "2"]) == 0
+    assert [r["epoch"] for r in rows(out)] == [1, 2]

@@ -1,38 +1,38 @@
 """Training checkpoints: written atomically, restored exactly.
 
-A checkpoint is written with :func:`fastalex.atomic.save_atomic`, so a run killed at any moment
-leaves either the previous checkpoint or the new one, never a torn file. Everything in it loads
-with ``torch.load(weights_only=True)``: RNG states that are not tensors (Python's, NumPy's) are
-stored as tensors and plain tuples.
+``checkpoint.pt`` (after every epoch) holds everything a run needs to continue bit for bit;
+``model_best.pt`` the weights and metadata only. Both load with ``torch.load(weights_only=True)``:
+RNG states that are not tensors (Python's, NumPy's) are stored as tensors and plain tuples. The
+keys are listed in docs/training.md.
 """
 
-import contextlib
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from fastalex.atomic import TMP_SUFFIX, save_atomic  # noqa: F401 (checkpoint.save_atomic)
+from fastalex.training import atomic
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "model_best.pt"
 
 
-def remove_stale_temporaries(directory) -> None:
-    """Delete temporary files a killed :func:`save_atomic` left behind in ``directory``."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return
-    for name in (CHECKPOINT, BEST):
-        for tmp in directory.glob(f".{name}.*{TMP_SUFFIX}"):
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+def save(state: dict, path) -> Path:
+    """Write ``state`` to ``path`` atomically: a run killed at any moment leaves the previous
+    file or the new one, never a torn one."""
+    return atomic.save_atomic(state, path)
 
 
 def load(path, map_location="cpu") -> dict:
     """Load a checkpoint written by this module (tensors and plain Python data only)."""
     return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def remove_stale_temporaries(directory, extra_names=()) -> None:
+    """Delete the temporary files killed writers of checkpoints (and of ``extra_names``) left
+    in ``directory``."""
+    atomic.remove_stale_temporaries(directory, (CHECKPOINT, BEST, *extra_names))
 
 
 def rng_state(sampler_generator: torch.Generator | None = None) -> dict:

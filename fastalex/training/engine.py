@@ -1,4 +1,4 @@
-"""One training epoch and one evaluation pass; the trainer (fastalex.train) wires them together.
+"""One training epoch and one evaluation pass (fastalex.training.train runs them per epoch).
 
 Both loops keep their running sums on the device and only synchronise every ``print_freq``
 steps (a ``.item()`` per step would stall a GPU on every batch), and both sum over the ranks of
@@ -12,14 +12,14 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from fastalex import distributed
+from fastalex.training import distributed
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def autocast(device: torch.device, amp: str | None):
-    """Mixed precision for the forward pass (``amp`` "bf16"/"fp16"), or nothing."""
-    if not amp:
+    """Mixed precision for the forward pass (``amp`` "bf16"/"fp16"), or nothing ("fp32"/None)."""
+    if amp in (None, "fp32"):
         return nullcontext()
     return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp])
 
@@ -42,21 +42,20 @@ def _topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks=(1, 5)) -> lis
 
 def train_one_epoch(model, loader, optimizer, device, *, epoch: int, epochs: int, scaler=None,
                     amp=None, channels_last=False, step_scheduler=None, print_freq=10,
-                    info=distributed.DistInfo(), progress=True, max_steps=None,
-                    prepare=None) -> dict:
+                    info=distributed.DistInfo(), progress=True, prepare=None) -> dict:
     """One pass over ``loader``; returns train_loss, train_top1_error, images, seconds,
     images_per_s and steps (summed over ranks).
 
     ``step_scheduler`` (optional) is stepped after every optimizer step (per-iteration
-    schedules); ``scaler`` is the fp16 GradScaler; ``max_steps`` stops early (tests, benches);
-    ``prepare(batch) -> (images, targets) or None`` puts a batch on the device (default: move
-    the loader's tensors there), e.g. decoding it on the GPU.
+    schedules); ``scaler`` is the fp16 GradScaler; ``prepare(batch) -> (images, targets) or
+    None`` puts a batch on the device (default: move the loader's tensors there), e.g. decoding
+    it on the GPU.
     """
     model.train()
     zero = torch.zeros((), dtype=torch.float64, device=device)
     loss_sum, correct, seen = zero.clone(), zero.clone(), 0
     steps, start = 0, time.perf_counter()
-    total = len(loader) if max_steps is None else min(len(loader), max_steps)
+    total = len(loader)
     bar = tqdm(loader, total=total, desc=f"epoch {epoch}/{epochs} train", unit="batch",
                disable=not (progress and info.is_main), dynamic_ncols=True, leave=True)
     for batch in bar:
@@ -89,8 +88,6 @@ def train_one_epoch(model, loader, optimizer, device, *, epoch: int, epochs: int
                             lr=f"{optimizer.param_groups[0]['lr']:.3g}",
                             img_s=f"{seen * info.world_size / max(elapsed, 1e-9):.0f}",
                             refresh=False)
-        if max_steps is not None and steps >= max_steps:
-            break
     bar.close()
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -1,8 +1,9 @@
 """Data-parallel training across processes with PyTorch's own engine (DDP under ``torchrun``).
 
-``torchrun --nproc_per_node=N -m fastalex.train ...`` sets RANK, WORLD_SIZE and LOCAL_RANK; this
-module turns them into a process group (NCCL for CUDA devices, gloo for CPUs) and offers the few
-collectives the trainer needs. Without those variables everything degrades to one process.
+``torchrun --nproc_per_node=N -m fastalex.train ...`` sets RANK, WORLD_SIZE and LOCAL_RANK;
+:func:`init` turns them into a process group (NCCL for CUDA devices, gloo for CPUs), and the
+rest are the few collectives the training loop needs. Without those variables everything is one
+process. Commands join and leave the group through :func:`fastalex.training.startup.session`.
 """
 
 import os
@@ -74,11 +75,20 @@ def all_reduce_max(value: float, info: DistInfo, device) -> float:
     return t.item()
 
 
+def gather_objects(obj, info: DistInfo) -> list:
+    """Every rank's ``obj`` (picklable), in rank order, on every rank."""
+    if not info.enabled:
+        return [obj]
+    out = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def parameters_in_sync(model: torch.nn.Module, info: DistInfo) -> bool:
     """True when every rank holds exactly rank 0's parameters and buffers (bit for bit).
 
     DDP keeps replicas equal by averaging gradients; this checks that it did, at the cost of one
-    broadcast of the model, so the trainer runs it once at the end of a distributed run.
+    broadcast of the model, so the training loop runs it once at the end of a distributed run.
     """
     if not info.enabled:
         return True

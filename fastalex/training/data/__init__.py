@@ -1,7 +1,8 @@
-"""Data: the built-in dataset, the paper's transforms and ImageFolder loading."""
+"""The data pipeline: the built-in dataset, ImageFolder loading, training-set statistics and the
+paper's transforms."""
 
-from fastalex.data.builtin import CLASSES, default_cache_dir, ensure_builtin_dataset
-from fastalex.data.datasets import (
+from fastalex.training.data.builtin import CLASSES, default_cache_dir, ensure_builtin_dataset
+from fastalex.training.data.datasets import (
     CorruptImageWarning,
     DataError,
     EncodedImageFolder,
@@ -10,9 +11,10 @@ from fastalex.data.datasets import (
     collate_encoded,
     collate_skip_none,
     decode_images,
+    load_split,
 )
-from fastalex.data.stats import ImageStats, load_or_compute_stats
-from fastalex.data.transforms import (
+from fastalex.training.data.stats import ImageStats, load_or_compute_stats
+from fastalex.training.data.transforms import (
     BatchTrainTransform,
     PCALighting,
     SubtractMean,
@@ -40,5 +42,6 @@ __all__ = [
     "ensure_builtin_dataset",
     "eval_transform",
     "load_or_compute_stats",
+    "load_split",
     "train_transform",
 ]

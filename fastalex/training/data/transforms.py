@@ -22,7 +22,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 if TYPE_CHECKING:
-    from fastalex.data.stats import ImageStats
+    from fastalex.training.data.stats import ImageStats
 
 __all__ = [
     "BatchTrainTransform",
@@ -185,8 +185,8 @@ def eval_transform(
 
 class BatchTrainTransform(torch.nn.Module):
     """:func:`train_transform` for a batch of decoded images on one device (the GPU decoding
-    path, see :func:`fastalex.data.datasets.decode_images`): a list of uint8 [3, H, W] tensors
-    -> float32 [N, 3, crop, crop] on their device.
+    path, see :func:`~fastalex.training.data.datasets.decode_images`): a list of uint8
+    [3, H, W] tensors -> float32 [N, 3, crop, crop] on their device.
 
     The same steps; the resize is torch's antialiased bilinear instead of PIL's, so values can
     differ from the CPU path by a level or so. Each image gets its own crop, flip and lighting;

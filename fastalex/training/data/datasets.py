@@ -8,7 +8,8 @@ GPU decoding (optional, for when the CPUs cannot decode JPEGs as fast as the GPU
 :class:`EncodedImageFolder` + :func:`collate_encoded` make the DataLoader's workers only read
 files; :func:`decode_images` decodes a batch with nvJPEG (``torchvision.io.decode_jpeg`` on
 ``device="cuda"``) in the training process, and
-:class:`fastalex.data.transforms.BatchTrainTransform` applies the paper's augmentation there::
+:class:`~fastalex.training.data.transforms.BatchTrainTransform` applies the paper's augmentation
+there::
 
     loader = DataLoader(EncodedImageFolder(root), batch_size=128, collate_fn=collate_encoded)
     for datas, targets, paths in loader:
@@ -30,6 +31,8 @@ from torch.utils.data import default_collate
 from torchvision.datasets import ImageFolder
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
 
+from fastalex.training.startup import UsageError
+
 __all__ = [
     "CorruptImageWarning",
     "DataError",
@@ -39,14 +42,15 @@ __all__ = [
     "collate_encoded",
     "collate_skip_none",
     "decode_images",
+    "load_split",
 ]
 
 _LAYOUT = "expected an ImageFolder tree: DIR/train/<class>/<image> and DIR/val/<class>/<image>"
 
 
-class DataError(Exception):
+class DataError(UsageError):
     """A problem with the user's data (missing or empty tree, no images, train/val classes that
-    differ). The message is complete: the CLI prints it without a traceback."""
+    differ). The message is complete: a command prints it without a traceback."""
 
 
 class CorruptImageWarning(UserWarning):
@@ -174,8 +178,11 @@ def decode_images(
     return images, keep
 
 
-def _load_split(data_dir: Path, split: str, transform: Callable | None,
-                folder_class: type[SafeImageFolder] = SafeImageFolder) -> SafeImageFolder:
+def load_split(data_dir: str | os.PathLike, split: str, transform: Callable | None,
+               folder_class: type[SafeImageFolder] = SafeImageFolder) -> SafeImageFolder:
+    """One split (``"train"`` or ``"val"``) of an ImageFolder tree, or a :class:`DataError`
+    that says what is missing."""
+    data_dir = Path(data_dir).expanduser()
     folder = data_dir / split
     if not folder.is_dir():
         raise DataError(f"--data {data_dir}: no {split}/ directory ({_LAYOUT})")
@@ -190,8 +197,6 @@ def _load_split(data_dir: Path, split: str, transform: Callable | None,
             else ""
         )
         raise DataError(f"--data {data_dir}: no images in {split}/ ({exc}){hint}") from None
-    if len(dataset) == 0:  # pragma: no cover - ImageFolder raises first; kept as a guard
-        raise DataError(f"--data {data_dir}: no images in {split}/ ({_LAYOUT})")
     return dataset
 
 
@@ -212,8 +217,8 @@ def build_datasets(
         raise DataError(f"--data {data_dir}: no such directory ({_LAYOUT})")
     if not data_dir.is_dir():
         raise DataError(f"--data {data_dir}: not a directory ({_LAYOUT})")
-    train_set = _load_split(data_dir, "train", train_transform, train_folder)
-    val_set = _load_split(data_dir, "val", val_transform)
+    train_set = load_split(data_dir, "train", train_transform, train_folder)
+    val_set = load_split(data_dir, "val", val_transform)
     if train_set.classes != val_set.classes:
         only_train = sorted(set(train_set.classes) - set(val_set.classes))
         only_val = sorted(set(val_set.classes) - set(train_set.classes))

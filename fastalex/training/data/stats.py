@@ -21,9 +21,9 @@ from torch.utils.data import DataLoader, Subset
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
-from fastalex.atomic import save_atomic
-from fastalex.data.datasets import DataError, SafeImageFolder
-from fastalex.system import usable_cpus
+from fastalex.training.atomic import save_atomic
+from fastalex.training.data.datasets import DataError, SafeImageFolder
+from fastalex.training.system import usable_cpus
 
 __all__ = ["ImageStats", "compute_stats", "load_or_compute_stats"]
 
@@ -95,8 +95,8 @@ def _key(dataset: SafeImageFolder, indices: list[int], size: int) -> dict:
 @contextmanager
 def _single_threaded():
     """torch on one thread for a while. The work here is many small ops (stacking a batch,
-    summing it), where intra-op threads only cost: on a CPU that other processes keep busy
-    they measured 100-1000x slower than one thread."""
+    summing it), where intra-op threads only cost, most of all on a CPU that the loader's
+    workers keep busy (docs/training.md)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

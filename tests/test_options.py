@@ -1,0 +1,153 @@
+"""fastalex.training.options: every default from the recipe or the resumed checkpoint, shown by
+--help; flags on the command line win."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from fastalex.training import checkpoint, options, presets
+from fastalex.training.startup import UsageError
+
+# The flags of one process, never carried over by --resume.
+PROCESS_FLAGS = {"device", "workers", "gpu_decode", "compile", "resume", "output_dir",
+                 "stop_after", "evaluate", "print_freq", "no_progress"}
+
+
+def _help(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as exc:
+        options.resolve([*argv, "--help"])
+    assert exc.value.code == 0
+    return capsys.readouterr().out
+
+
+def _entries(text: str) -> dict[str, str]:
+    """Option string -> its help entry, the wrapped lines joined (argparse indents an entry by
+    two spaces; its continuation lines by more)."""
+    entries, current = {}, None
+    for line in text.splitlines():
+        start = re.match(r"  (-\S.*?)(?:  +|$)", line)
+        if start and not line.startswith("   "):
+            current = []
+            for invocation in start.group(1).split(", "):
+                entries[invocation.split()[0]] = current
+            current.append(line[start.end():])
+        elif current is not None and line.startswith("   "):
+            current.append(line.strip())
+        else:
+            current = None
+    return {flag: re.sub(r"(\w)- (\w)", r"\1-\2", " ".join(" ".join(lines).split()))
+            for flag, lines in entries.items()}
+
+
+def _check_every_default_shown(argv, capsys, given=()) -> dict:
+    """Every option's help entry shows the value it has when not given (``given``: the dests
+    that ``argv`` sets)."""
+    text = _help(argv, capsys)
+    entries = _entries(text)
+    effective = vars(options.resolve(argv))
+    for action in options.build_parser()._actions:
+        if not action.option_strings or action.dest in ("help", *given):
+            continue
+        entry = entries[action.option_strings[0]]
+        value = effective[action.dest]
+        if value is None:  # no value: the help says in words what happens without the flag
+            assert "default:" in entry, (action.option_strings, entry)
+        else:
+            assert f"(default: {value})" in entry, (action.option_strings, value, entry)
+    return effective
+
+
+def test_help_explains_every_flag(capsys):
+    text = _help([], capsys)
+    for flag in ("--data", "--epochs", "--batch-size", "-b", "--lr", "--momentum", "--wd",
+                 "--workers", "-j", "--amp", "--channels-last", "--compile", "--device",
+                 "--seed", "--resume", "--output-dir", "--evaluate", "--ten-crop",
+                 "--print-freq", "--image-size", "--crop", "--lr-patience", "torchrun"):
+        assert flag in text, flag
+
+
+def test_help_shows_every_effective_default(tmp_path, capsys):
+    """Each option's help ends with the value a run without it would use: the built-in recipe,
+    the paper's with --data, and a resumed checkpoint's flags with --resume."""
+    builtin = _check_every_default_shown([], capsys)
+    assert builtin["epochs"] == presets.recipe(None, builtin["device"])[1]["epochs"]
+    paper = _check_every_default_shown(["--data", str(tmp_path)], capsys, given={"data"})
+    assert (paper["epochs"], paper["optimizer"], paper["crop"]) == (90, "sgd", 227)
+    saved = vars(options.resolve(["--epochs", "3", "--lr", "0.25", "--no-lrn"]))
+    checkpoint.save({"args": saved}, tmp_path / "checkpoint.pt")
+    resumed = _check_every_default_shown(["--resume", str(tmp_path / "checkpoint.pt")], capsys,
+                                         given={"resume"})
+    assert (resumed["epochs"], resumed["lr"], resumed["lrn"]) == (3, 0.25, False)
+    assert "(default: 0.25)" in _entries(_help(["--resume", str(tmp_path / "checkpoint.pt")],
+                                                capsys))["--lr"]
+
+
+def test_the_help_check_catches_a_missing_default(monkeypatch, capsys):
+    """The check above fails when an option's help does not show its default."""
+    monkeypatch.setattr(options.HelpFormatter, "_get_help_string",
+                        lambda self, action: action.help or "")
+    with pytest.raises(AssertionError):
+        _check_every_default_shown([], capsys)
+
+
+def test_process_flags():
+    assert options.process_flags() == PROCESS_FLAGS
+
+
+def _saved_run(tmp_path, **flags):
+    args = vars(options.resolve([]))
+    args.update(flags)
+    return checkpoint.save({"args": args}, tmp_path / "run" / "checkpoint.pt")
+
+
+def test_resume_takes_the_run_flags_from_the_checkpoint(tmp_path):
+    path = _saved_run(tmp_path, epochs=3, lr=0.25, lrn=False, ten_crop=True, seed=7,
+                      stop_after=1, workers=5, output_dir="elsewhere", print_freq=3)
+    args = options.resolve(["--resume", str(path)])
+    assert (args.epochs, args.lr, args.lrn, args.ten_crop, args.seed) == (3, 0.25, False, True, 7)
+    # The process's own flags come from this command line and the recipe, never the checkpoint.
+    assert args.stop_after is None and args.print_freq == presets.COMMON["print_freq"]
+    assert args.output_dir == str(path.parent)  # a resumed run writes beside its checkpoint
+    assert args.workers == presets.recipe(None, args.device)[1]["workers"]
+
+
+def test_flags_given_on_the_command_line_win(tmp_path):
+    path = _saved_run(tmp_path, epochs=3, lrn=False, ten_crop=True)
+    preset_epochs = presets.recipe(None, options.resolve([]).device)[1]["epochs"]
+    args = options.resolve(["--resume", str(path), "--epochs", str(preset_epochs), "--lrn",
+                            "--no-ten-crop", "--output-dir", str(tmp_path / "new")])
+    # Given explicitly, even when equal to the recipe's default, a flag beats the checkpoint.
+    assert (args.epochs, args.lrn, args.ten_crop) == (preset_epochs, True, False)
+    assert args.output_dir == str(tmp_path / "new")
+
+
+def test_the_data_chooses_the_recipe(tmp_path):
+    args = options.resolve(["--data", str(tmp_path / "imagenet")])
+    assert {k: getattr(args, k) for k in presets.PAPER} == presets.PAPER
+    assert args.output_dir == str(Path("runs") / "imagenet")
+    # A resumed run's data comes from its checkpoint, and chooses the recipe of the defaults
+    # the checkpoint does not hold.
+    path = checkpoint.save({"args": {"data": str(tmp_path / "imagenet"), "epochs": 4}},
+                           tmp_path / "checkpoint.pt")
+    resumed = options.resolve(["--resume", str(path)])
+    assert resumed.data == str(tmp_path / "imagenet") and resumed.epochs == 4
+    assert resumed.lr_schedule == presets.PAPER["lr_schedule"] != presets.BUILTIN_CPU["lr_schedule"]
+
+
+def test_overrides_beat_everything(tmp_path):
+    path = _saved_run(tmp_path, epochs=3)
+    args = options.resolve(["--resume", str(path), "--epochs", "5"], epochs=8, seed=11)
+    assert (args.epochs, args.seed) == (8, 11)
+    with pytest.raises(TypeError, match="bogus"):
+        options.resolve([], bogus=1)
+    with pytest.raises(UsageError, match="--epochs must be >= 1"):
+        options.resolve([], epochs=0)
+
+
+def test_unreadable_checkpoint(tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(UsageError, match="not a fastalex checkpoint"):
+        options.resolve(["--resume", str(tmp_path / "junk.pt")])
+    with pytest.raises(UsageError, match="no such file"):
+        options.resolve(["--resume", str(tmp_path / "missing.pt")])
