@@ -19,13 +19,6 @@ def kernel_configs(kernel, configs):
         kernel.configs, kernel.cache = saved_configs, saved_cache
 
 
-def pruned(kernel, configs, **meta):
-    """The configurations of ``configs`` that ``kernel``'s early prune keeps for launches whose
-    constexpr arguments include ``meta``: the ones its autotuner can pick there."""
-    prune = kernel.early_config_prune
-    return prune(list(configs), {}, **meta) if prune else list(configs)
-
-
 def config_id(config) -> str:
     """A short test id: the block sizes and warps of ``config``."""
     blocks = "-".join(f"{k}{v}" for k, v in config.kwargs.items())
