@@ -17,6 +17,8 @@ Values: kept units are ``x * (1 / (1 - p))`` computed in fp32 (fp64 for fp64 ten
 fp64 scale), rounded once to the tensor's dtype, as torch computes them; dropped units are
 exactly 0, also where the input is NaN or Inf. The backward of inverted dropout is the same
 masked scaling applied to the gradient, so one kernel serves both directions.
+
+docs/kernels/dropout.md gives the design and the memory-traffic floors.
 """
 
 import functools

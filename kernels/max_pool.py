@@ -18,6 +18,8 @@ kernel writes, with the contiguous axis of its layout as the columns so that loa
 coalesce: for NCHW the rows are ``(n, c, h)`` and the columns ``w``; for channels-last the rows
 are ``(n, h, w)`` and the columns ``c``. Inputs are read through their strides, so any layout
 works; only speed depends on the layout matching.
+
+docs/kernels/max_pool.md gives the design and the memory-traffic floors.
 """
 
 import torch

@@ -42,6 +42,8 @@ def _layout(x: torch.Tensor, layout: str) -> torch.Tensor:
         return big[:, ::2]
     if layout == "spatial_transposed":  # dense but the spatial dims do not flatten to one stride
         return x.transpose(-1, -2).contiguous().transpose(-1, -2)
+    if layout == "expanded":  # batch stride 0: one image broadcast over the batch
+        return x[:1].expand(x.shape)
     if layout == "batch_minor":  # batch stride 1: folds nothing, odd strides everywhere
         return x.permute(*range(1, x.dim()), 0).contiguous().permute(-1, *range(x.dim() - 1))
     raise ValueError(layout)
@@ -403,7 +405,8 @@ def test_every_config(device, config, channels_last, dtype):
 # ---------------------------------------------------------------------------------------------
 # randomized parity
 # ---------------------------------------------------------------------------------------------
-_LAYOUTS = ["contiguous", "channels_last", "channel_slice", "spatial_transposed", "batch_minor"]
+_LAYOUTS = ["contiguous", "channels_last", "channel_slice", "spatial_transposed", "batch_minor",
+            "expanded"]
 
 
 @st.composite

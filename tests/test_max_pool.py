@@ -47,6 +47,8 @@ def _layout(x: torch.Tensor, layout: str, device) -> torch.Tensor:
     if layout == "strided":  # no dense layout at all: permuted and sliced
         base = torch.empty(n, h, c, 2 * w, dtype=x.dtype, device=device)
         return base.permute(0, 2, 1, 3)[..., ::2].copy_(x)
+    if layout == "expanded":  # batch stride 0: the first image broadcast over the batch
+        return x[:1].expand(x.shape)
     if layout == "cl-strided":  # channels-last-like strides, not contiguous
         base = torch.empty(n, h, w + 1, c, dtype=x.dtype, device=device)
         return base.permute(0, 3, 1, 2)[..., 1:].copy_(x)
@@ -484,7 +486,8 @@ def _pool_cases(draw):
            for n, kk, ss, p, d in zip(size, k, s, pad, dil)) < 1:
         size = [n + 2 for n in size]  # ceil_mode can drop the only window: widen
     shape = (draw(st.integers(0, 2)), draw(st.integers(1, 5)), *size)
-    layout = draw(st.sampled_from(["nchw", "channels_last", "strided", "cl-strided"]))
+    layout = draw(st.sampled_from(["nchw", "channels_last", "strided", "cl-strided",
+                                   "expanded"]))
     dtype = draw(st.sampled_from([torch.float32, torch.float16, torch.float64]))
     values = draw(st.sampled_from(["normal", "ties", "nan"]))
     unbatched = draw(st.booleans())
