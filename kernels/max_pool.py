@@ -26,16 +26,17 @@ import torch
 import triton
 import triton.language as tl
 
-from fastalex.kernels._runtime import INT32_LIMIT, autotune, new_empty, tl_accumulator
+from fastalex.kernels._runtime import AUTOTUNE, INT32_LIMIT, new_empty, tl_accumulator
 
 # The launcher sizes the column block to the contiguous axis (capped at _MAX_BLOCK_Q: wider ones
 # span several programs); the configurations choose how many rows go with it and the warps,
 # pruned to tiles of _MIN_TILE.._MAX_TILE elements and at most _MAX_PER_THREAD per thread (more
-# would spill). The first configuration is the one used when not autotuning.
+# spill: 32 per thread spill over 10 KB). Without autotuning the first that fits runs: the
+# largest such tile on 4 warps.
 _CONFIGS = [
     triton.Config({"BLOCK_R": block_r}, num_warps=num_warps)
     for num_warps in (4, 8)
-    for block_r in (32, 4, 8, 16, 64, 128, 256)
+    for block_r in (256, 128, 64, 32, 16, 8, 4)
 ]
 _MAX_BLOCK_Q = 128
 _MIN_TILE, _MAX_TILE, _MAX_PER_THREAD = 512, 4096, 8
@@ -45,15 +46,23 @@ _BWD_KEY = ["n_rows", "n_cols", "H", "W", "OH", "OW", "KH", "KW", "SH", "SW",
             "CHANNELS_LAST", "BLOCK_Q"]
 
 
-def _prune(configs, named_args, **kwargs):
-    """Keep the configurations whose tile fits (see _CONFIGS); at least one."""
-    block_q = kwargs.get("BLOCK_Q", named_args.get("BLOCK_Q"))
+def fitting(configs, block_q: int) -> list:
+    """The configurations whose tile fits with columns of ``block_q`` (see _CONFIGS); the first
+    configuration when none does."""
 
     def fits(config):
         tile = config.kwargs["BLOCK_R"] * block_q
         return _MIN_TILE <= tile <= _MAX_TILE and tile <= _MAX_PER_THREAD * 32 * config.num_warps
 
     return [c for c in configs if fits(c)] or list(configs[:1])
+
+
+def _prune(configs, named_args, **kwargs):
+    """What the autotuners choose among: every fitting configuration, or only the first when
+    not autotuning. The configuration depends on the column block, so a single untuned choice
+    for all shapes would not do (the first entry at 128 columns spills)."""
+    kept = fitting(configs, kwargs.get("BLOCK_Q", named_args.get("BLOCK_Q")))
+    return kept if AUTOTUNE else kept[:1]
 
 
 # Sizes are not specialised on (fewer compiled variants across shapes); strides and n_cols are,
@@ -300,9 +309,10 @@ def _max_pool2d_bwd_kernel(
     tl.store(dx_ptr + x_off, acc.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
-_fwd = autotune(_CONFIGS, key=_FWD_KEY, prune_configs_by={"early_config_prune": _prune})(
+# triton.autotune over every configuration, also when not autotuning: the prune then picks one.
+_fwd = triton.autotune(_CONFIGS, key=_FWD_KEY, prune_configs_by={"early_config_prune": _prune})(
     _max_pool2d_fwd_kernel)
-_bwd = autotune(_CONFIGS, key=_BWD_KEY, prune_configs_by={"early_config_prune": _prune})(
+_bwd = triton.autotune(_CONFIGS, key=_BWD_KEY, prune_configs_by={"early_config_prune": _prune})(
     _max_pool2d_bwd_kernel)
 
 

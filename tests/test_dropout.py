@@ -469,7 +469,7 @@ def test_alexnet_shapes(device, dtype):
     assert torch.equal(dx != 0, kept)
 
 
-# --- randomized ------------------------------------------------------------------------------------
+# --- randomized ----------------------------------------------------------------------------------
 
 _VIEWS = {
     "contiguous": lambda t: t,

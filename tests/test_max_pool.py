@@ -403,15 +403,23 @@ def test_layer_refuses_bad_arguments_at_construction(kwargs, error, name):
 # ---------------------------------------------------------------------------------------------
 def _pickable():
     """(configuration, BLOCK_Q) pairs: each configuration at the widest column block >= 4
-    (a width below it leaves a remainder) for which the prune keeps it, and the fallback the
-    prune returns when no tile fits (1-wide columns)."""
+    (a width below it leaves a remainder) at which it fits, and the fallback chosen when no
+    tile fits (1-wide columns)."""
     pairs = []
     for config in kernels._CONFIGS:
         widths = [q for q in (4, 8, 16, 32, 64, 128)
-                  if config in kernels._prune(kernels._CONFIGS, {}, BLOCK_Q=q)]
+                  if config in kernels.fitting(kernels._CONFIGS, q)]
         pairs.append((config, widths[-1]))
-    pairs.append((kernels._prune(kernels._CONFIGS, {}, BLOCK_Q=1)[0], 1))
+    pairs.append((kernels.fitting(kernels._CONFIGS, 1)[0], 1))
     return pairs
+
+
+def test_untuned_choice_fits_every_column_block():
+    """Without autotuning each launch runs the first configuration that fits its columns."""
+    for q in (1, 2, 4, 8, 16, 32, 64, 128):
+        chosen = kernels._prune(kernels._CONFIGS, {}, BLOCK_Q=q)
+        assert chosen == kernels.fitting(kernels._CONFIGS, q)[:1]
+    assert kernels._prune(kernels._CONFIGS, {}, BLOCK_Q=128)[0].kwargs["BLOCK_R"] == 8
 
 
 def _config_shape(layout, block_r, block_q):
@@ -447,15 +455,16 @@ def test_every_config(device, config, block_q, layout, dtype):
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("shape", [(128, 96, 55, 55), (128, 256, 27, 27), (128, 256, 13, 13)],
                          ids=["pool1", "pool2", "pool5"])
-def test_alexnet_shapes(device, shape, layout, autotuned):
-    """AlexNet's three pools at batch 128 in bf16, in the first configuration and in the one
-    the autotuners pick, against torch in float64 on the GPU."""
+def test_alexnet_shapes(device, shape, layout, autotuned, monkeypatch):
+    """AlexNet's three pools at batch 128 in bf16, in the untuned choice and in the one the
+    autotuners pick, against torch in float64 on the GPU."""
     if device != "cuda":
         pytest.skip("needs CUDA (full AlexNet shapes)")
+    monkeypatch.setattr(kernels, "AUTOTUNE", autotuned)
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     x = torch.relu(torch.randn(shape, device=device)).to(torch.bfloat16)
     x = x.contiguous(memory_format=fmt).requires_grad_()
-    configs = kernels._CONFIGS if autotuned else kernels._CONFIGS[:1]
+    configs = kernels._CONFIGS  # and an empty cache of choices: a fresh one for this test
     with kernel_configs(kernels._fwd, configs), kernel_configs(kernels._bwd, configs):
         y = max_pool2d(x, 3, 2)
         dy = torch.randn_like(y)

@@ -8,7 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import tolerance
-from torch import nn
 
 import fastalex
 import fastalex.functional as FF
