@@ -58,11 +58,8 @@ def fitting(configs, block_q: int) -> list:
 
 
 def _prune(configs, named_args, **kwargs):
-    """What the autotuners choose among: every fitting configuration, or only the first when
-    not autotuning. The configuration depends on the column block, so a single untuned choice
-    for all shapes would not do (the first entry at 128 columns spills)."""
-    kept = fitting(configs, kwargs.get("BLOCK_Q", named_args.get("BLOCK_Q")))
-    return kept if AUTOTUNE else kept[:1]
+    """What the autotuners choose among: every fitting configuration."""
+    return fitting(configs, kwargs.get("BLOCK_Q", named_args.get("BLOCK_Q")))
 
 
 # Sizes are not specialised on (fewer compiled variants across shapes); strides and n_cols are,
@@ -309,11 +306,23 @@ def _max_pool2d_bwd_kernel(
     tl.store(dx_ptr + x_off, acc.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
-# triton.autotune over every configuration, also when not autotuning: the prune then picks one.
+# Autotuners over every configuration; without autotuning, _launch picks one per column block.
 _fwd = triton.autotune(_CONFIGS, key=_FWD_KEY, prune_configs_by={"early_config_prune": _prune})(
     _max_pool2d_fwd_kernel)
 _bwd = triton.autotune(_CONFIGS, key=_BWD_KEY, prune_configs_by={"early_config_prune": _prune})(
     _max_pool2d_bwd_kernel)
+
+
+def _launch(tuner, grid, block_q: int, *args, **meta) -> None:
+    """Launch ``tuner``'s kernel: autotuned, or else in the first of its configurations that
+    fits ``block_q`` columns. The right tile depends on the column block (the first entry alone
+    spills at 128 columns), and the choice is made here rather than by the autotuner, which in
+    some Triton versions benchmarks even a single remaining configuration."""
+    if AUTOTUNE:
+        tuner[grid](*args, BLOCK_Q=block_q, **meta)
+    else:
+        config = fitting(tuner.configs, block_q)[0]
+        tuner.fn[grid](*args, BLOCK_Q=block_q, **meta, **config.all_kwargs())
 
 
 def index_dtype(kernel_area: int) -> torch.dtype:
@@ -378,7 +387,7 @@ def max_pool2d_forward(
         return y, arg, index
     rows, cols = (N * out_h * out_w, C) if channels_last else (N * C * out_h, out_w)
     block_q = min(triton.next_power_of_2(cols), _MAX_BLOCK_Q)
-    _fwd[_grid(rows, cols, block_q)](
+    _launch(_fwd, _grid(rows, cols, block_q), block_q,
         x, y, arg if with_arg else y, index if with_index else y,
         C, H, W, out_h, out_w, rows, cols,
         *x.stride(),
@@ -387,7 +396,7 @@ def max_pool2d_forward(
         PH=padding[0], PW=padding[1], DH=dilation[0], DW=dilation[1],
         STORE_ARG=with_arg, STORE_INDEX=with_index,
         ACC=tl_accumulator(x.dtype), UNROLL=kernel_size[0] * kernel_size[1] <= _MAX_UNROLL,
-        CHANNELS_LAST=channels_last, ROWS_INT64=rows > _ROWS_INT32_LIMIT, BLOCK_Q=block_q,
+        CHANNELS_LAST=channels_last, ROWS_INT64=rows > _ROWS_INT32_LIMIT,
     )
     return y, arg, index
 
@@ -415,7 +424,7 @@ def max_pool2d_backward(
     # Candidate outputs per input element along each axis (see _covering).
     njh = triton.cdiv(kernel_size[0], stride[0]) if dilation[0] == 1 else kernel_size[0]
     njw = triton.cdiv(kernel_size[1], stride[1]) if dilation[1] == 1 else kernel_size[1]
-    _bwd[_grid(rows, cols, block_q)](
+    _launch(_bwd, _grid(rows, cols, block_q), block_q,
         grad_output, arg, grad_input,
         C, in_h, in_w, OH, OW, rows, cols,
         *grad_output.stride(),
@@ -425,6 +434,6 @@ def max_pool2d_backward(
         PH=padding[0], PW=padding[1], DH=dilation[0], DW=dilation[1],
         NJH=njh, NJW=njw,
         ACC=tl_accumulator(grad_output.dtype), UNROLL=njh * njw <= _MAX_UNROLL,
-        CHANNELS_LAST=channels_last, ROWS_INT64=rows > _ROWS_INT32_LIMIT, BLOCK_Q=block_q,
+        CHANNELS_LAST=channels_last, ROWS_INT64=rows > _ROWS_INT32_LIMIT,
     )
     return grad_input

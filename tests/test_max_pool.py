@@ -10,6 +10,7 @@ import inspect
 import pytest
 import torch
 import torch.nn.functional as F
+import triton
 from autotune_pin import config_id, kernel_configs
 from helpers import tolerance
 from hypothesis import given, settings
@@ -414,12 +415,20 @@ def _pickable():
     return pairs
 
 
-def test_untuned_choice_fits_every_column_block():
-    """Without autotuning each launch runs the first configuration that fits its columns."""
-    for q in (1, 2, 4, 8, 16, 32, 64, 128):
-        chosen = kernels._prune(kernels._CONFIGS, {}, BLOCK_Q=q)
-        assert chosen == kernels.fitting(kernels._CONFIGS, q)[:1]
-    assert kernels._prune(kernels._CONFIGS, {}, BLOCK_Q=128)[0].kwargs["BLOCK_R"] == 8
+def test_untuned_choice_fits_the_column_block(device, monkeypatch):
+    """Without autotuning a launch runs the first configuration that fits its columns (the
+    largest tile on 4 warps), not one entry for every shape."""
+    launched = []
+    run = kernels._fwd.fn.run
+    monkeypatch.setattr(kernels, "AUTOTUNE", False)
+    monkeypatch.setattr(kernels._fwd.fn, "run",
+                        lambda *a, **kw: launched.append(kw["BLOCK_R"]) or run(*a, **kw))
+    for channels, block_r in ((96, 8), (20, 32), (3, 256)):  # 128, 32 and 4 columns
+        x = torch.randn(1, channels, 5, 5, device=device)
+        max_pool2d(x.contiguous(memory_format=torch.channels_last), 3, 2)
+        assert launched[-1] == block_r
+        assert kernels.fitting(kernels._CONFIGS, triton.next_power_of_2(channels))[0] \
+            .kwargs["BLOCK_R"] == block_r
 
 
 def _config_shape(layout, block_r, block_q):
