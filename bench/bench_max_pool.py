@@ -7,8 +7,11 @@ The input is a ReLU output, as in the model: windows full of equal zeros are com
 int64 indices); "fwdbwd" is a training step's forward (fastalex saves a 1-byte arg-max per
 output, torch eager 8-byte indices) and backward.
 
-nbytes is the floor: forward reads x and writes y; backward reads dy and the arg-max (1 byte
-per output) and writes dx.
+"fwd-indices" is the forward with ``return_indices=True`` (both write int64 indices, for
+``MaxUnpool2d``), without autograd.
+
+nbytes is the floor: forward reads x and writes y (and 8-byte indices in "fwd-indices");
+backward reads dy and the arg-max (1 byte per output) and writes dx.
 """
 
 import pytest
@@ -28,17 +31,17 @@ SHAPES = {
 LAYOUTS = {"cl": torch.channels_last, "nchw": torch.contiguous_format}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 IMPLS = ("fastalex", "eager", "compile")
-DIRECTIONS = ("fwd", "fwdbwd")
+DIRECTIONS = ("fwd", "fwd-indices", "fwdbwd")
 # Channels-last everywhere; NCHW for the largest pool only (keeps the suite short).
 SHAPE_LAYOUTS = [("pool1", "cl"), ("pool2", "cl"), ("pool5", "cl"), ("pool1", "nchw")]
 
 
-def _reference(t):
-    return F.max_pool2d(t, KERNEL, STRIDE)
+def _reference(t, return_indices=False):
+    return F.max_pool2d(t, KERNEL, STRIDE, return_indices=return_indices)
 
 
-def _fastalex(t):
-    return max_pool2d(t, KERNEL, STRIDE)
+def _fastalex(t, return_indices=False):
+    return max_pool2d(t, KERNEL, STRIDE, return_indices=return_indices)
 
 
 CASES = [
@@ -61,12 +64,14 @@ def test_max_pool(benchmark, bench_mode, bench_device, name, layout, dtype, dire
     oh, ow = (h - KERNEL) // STRIDE + 1, (w - KERNEL) // STRIDE + 1
     x_bytes = x.numel() * x.element_size()
     y_bytes = n * c * oh * ow * x.element_size()
-    if direction == "fwd":
+    if direction in ("fwd", "fwd-indices"):
+        with_indices = direction == "fwd-indices"
+
         def fn():
             with torch.no_grad():
-                return op(x)
+                return op(x, with_indices)
 
-        nbytes = x_bytes + y_bytes
+        nbytes = x_bytes + y_bytes + (n * c * oh * ow * 8 if with_indices else 0)
     else:
         x.requires_grad_()
         dy = torch.randn(n, c, oh, ow, device=bench_device, dtype=x.dtype)

@@ -7,41 +7,54 @@ Each subclasses the ``torch.nn`` module it replaces, so constructor arguments, a
 from torch import nn
 
 from fastalex import functional as F
+from fastalex.ops.dropout import dropout_arguments
+from fastalex.ops.lrn import lrn_arguments
+from fastalex.ops.max_pool import pool_arguments
 
 
-class LRN(nn.LocalResponseNorm):
-    """Drop-in for ``torch.nn.LocalResponseNorm(size, alpha, beta, k)`` (same semantics:
-    ``alpha`` is divided by ``size``; the window is zero-padded, ``size // 2`` channels before and
-    ``(size - 1) // 2`` after). Fused Triton forward and backward on a GPU."""
+class LocalResponseNorm(nn.LocalResponseNorm):
+    """Drop-in for ``torch.nn.LocalResponseNorm(size, alpha=1e-4, beta=0.75, k=1.0)`` (same
+    semantics: ``alpha`` is divided by ``size``; the window is zero-padded, ``size // 2``
+    channels before and ``(size - 1) // 2`` after), also named ``LRN``. Fused Triton forward and
+    backward on a GPU. Arguments are checked here: ``size`` an int >= 1, the others finite
+    numbers."""
+
+    def __init__(self, size: int, alpha: float = 0.0001, beta: float = 0.75,
+                 k: float = 1.0) -> None:
+        lrn_arguments(size, alpha, beta, k)
+        super().__init__(size, alpha, beta, k)
 
     def forward(self, input):
-        return F.lrn(input, self.size, self.alpha, self.beta, self.k)
+        return F.local_response_norm(input, self.size, self.alpha, self.beta, self.k)
 
 
-LocalResponseNorm = LRN
+LRN = LocalResponseNorm
 
 
 class MaxPool2d(nn.MaxPool2d):
-    """Drop-in for ``torch.nn.MaxPool2d``: same output, NaN propagation and arg-max tie-breaking,
-    without an int64 index tensor. ``return_indices=True`` is not supported."""
+    """Drop-in for ``torch.nn.MaxPool2d``: same output, indices (``return_indices=True``), NaN
+    propagation and arg-max tie-breaking; the backward uses a 1-byte window-local arg-max
+    instead of int64 indices. Arguments are checked here (padding at most half the kernel, as
+    torch requires at the first call)."""
 
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False,
-                 ceil_mode=False):
-        if return_indices:
-            raise ValueError(
-                "return_indices=True is not supported by fastalex.layers.MaxPool2d; "
-                "use torch.nn.MaxPool2d when the indices are needed"
-            )
-        super().__init__(kernel_size, stride, padding, dilation, False, ceil_mode)
+                 ceil_mode=False) -> None:
+        pool_arguments(kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+        super().__init__(kernel_size, stride, padding, dilation, return_indices, ceil_mode)
 
     def forward(self, input):
         return F.max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation,
-                            self.ceil_mode)
+                            ceil_mode=self.ceil_mode, return_indices=self.return_indices)
 
 
 class Dropout(nn.Dropout):
-    """Drop-in for ``torch.nn.Dropout``: inverted dropout whose mask is never stored, but
-    regenerated in the backward from a Philox seed drawn from torch's generator."""
+    """Drop-in for ``torch.nn.Dropout(p=0.5, inplace=False)``: inverted dropout whose mask is
+    never stored, but regenerated in the backward from a Philox seed drawn from torch's
+    generator. ``p`` must be a number in [0, 1] and ``inplace`` a bool."""
+
+    def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
+        dropout_arguments(p, True, inplace)
+        super().__init__(p, inplace)
 
     def forward(self, input):
         return F.dropout(input, self.p, self.training, self.inplace)

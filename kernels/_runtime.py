@@ -3,7 +3,9 @@ the device facts tile choices depend on, and the precision rules of the GEMM ker
 
 import contextlib
 import functools
+import math
 import os
+import struct
 
 import torch
 import triton
@@ -109,3 +111,35 @@ def grouped_tile(tile, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
     pid_m = first_pid_m + (tile % num_pid_in_group) % group_size_m
     pid_n = (tile % num_pid_in_group) // group_size_m
     return pid_m, pid_n
+
+
+# An fp64 scalar for a kernel. Triton passes a Python float to a kernel as fp32, so a kernel
+# that needs a scalar in fp64 takes it as three fp32 parts and adds them back in fp64.
+_FP32_MAX = 3.4028234663852886e38
+
+
+def fp32_parts(value: float) -> tuple:
+    """``value`` as three floats, each exact in fp32, whose sum is ``value``: hi = value rounded
+    to fp32, mid = the remainder rounded to fp32, lo = what is left (at most 5 significant bits,
+    since fp64 has 53 = 24 + 24 + 5). Exact for 2**-96 <= |value| <= fp32's largest finite
+    value; beyond that range, hi is +-inf and mid = lo = 0. Kernels rebuild the value with
+    :func:`from_fp32_parts`."""
+    value = float(value)
+    if not math.isfinite(value) or abs(value) > _FP32_MAX:
+        return (math.copysign(math.inf, value) if not math.isnan(value) else value, 0.0, 0.0)
+    parts = []
+    for _ in range(3):
+        part = struct.unpack("f", struct.pack("f", value))[0]  # round to nearest fp32
+        parts.append(part)
+        value -= part  # exact in fp64: the rounding error of a narrower format
+    return tuple(parts)
+
+
+@triton.jit
+def from_fp32_parts(hi, mid, lo, ACC: tl.constexpr):
+    """The scalar :func:`fp32_parts` split, in ``ACC``: the exact sum in fp64, ``hi`` (the
+    value rounded to fp32) otherwise. The parts do not overlap, so the fp64 sum is exact."""
+    if ACC == tl.float64:
+        return tl.cast(hi, tl.float64) + tl.cast(mid, tl.float64) + tl.cast(lo, tl.float64)
+    else:
+        return tl.cast(hi, tl.float32)

@@ -17,17 +17,25 @@ Values: kept units are ``x * (1 / (1 - p))`` computed in fp32 (fp64 for fp64 ten
 fp64 scale), rounded once to the tensor's dtype, as torch computes them; dropped units are
 exactly 0, also where the input is NaN or Inf. The backward of inverted dropout is the same
 masked scaling applied to the gradient, so one kernel serves both directions.
+
+docs/kernels/dropout.md gives the design and the memory-traffic floors.
 """
 
 import functools
-import struct
 from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
-from fastalex.kernels._runtime import INT32_LIMIT, new_empty, new_empty_like
+from fastalex.kernels._runtime import (
+    INT32_LIMIT,
+    fp32_parts,
+    from_fp32_parts,
+    new_empty,
+    new_empty_like,
+    tl_accumulator,
+)
 from fastalex.kernels.philox import dropout_keep
 
 
@@ -41,10 +49,12 @@ def _dropout_kernel(
     # scale 1 / (1 - p) as three fp32 parts whose exact sum is its fp64 value
     scale_hi, scale_mid, scale_lo,
     # layout: element count; the memory dims (outermost first, padded in front to 4 with
-    # size 1 / logical stride 0) given as inner sizes and logical (row-major) strides
-    numel, size1, size2, size3, lstride0, lstride1, lstride2, lstride3,
-    # meta: memory dims used (1: memory order is logical order), 64-bit indices, elements
-    NDIM: tl.constexpr, INT64: tl.constexpr, BLOCK: tl.constexpr,
+    # size 1 / stride 0) given as inner sizes and their strides in the logical (row-major)
+    # index, the tensor the Philox offsets come from
+    numel, size1, size2, size3, stride_index0, stride_index1, stride_index2, stride_index3,
+    # meta: memory dims used (1: memory order is logical order), 64-bit indices, the type the
+    # scaling runs in, elements per program
+    NDIM: tl.constexpr, INT64: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """dst = where(keep, src * scale, 0) over one BLOCK of memory positions.
 
@@ -63,28 +73,24 @@ def _dropout_kernel(
     else:
         # memory position -> coordinates along the memory dims -> logical index
         rest = q // size3
-        index = (q - rest * size3) * lstride3
+        index = (q - rest * size3) * stride_index3
         if NDIM == 2:
-            index += rest * lstride2
+            index += rest * stride_index2
         else:
             outer = rest // size2
-            index += (rest - outer * size2) * lstride2
+            index += (rest - outer * size2) * stride_index2
             if NDIM == 3:
-                index += outer * lstride1
+                index += outer * stride_index1
             else:
                 top = outer // size1
-                index += (outer - top * size1) * lstride1 + top * lstride0
+                index += (outer - top * size1) * stride_index1 + top * stride_index0
 
     seed = tl.load(seed_ptr)
     keep = dropout_keep(seed, index, p)
     src = tl.load(src_ptr + q, mask=in_range)
-    if src_ptr.dtype.element_ty == tl.float64:
-        scale = (tl.cast(scale_hi, tl.float64) + tl.cast(scale_mid, tl.float64)
-                 + tl.cast(scale_lo, tl.float64))
-        scaled = src * scale
-    else:
-        # fp16/bf16/fp32 scale in fp32 and round once, as torch's dropout does
-        scaled = src.to(tl.float32) * tl.cast(scale_hi, tl.float32)
+    # fp16/bf16/fp32 scale in fp32 by the fp32 scale and round once, as torch's dropout does;
+    # fp64 by the fp64 scale
+    scaled = src.to(ACC) * from_fp32_parts(scale_hi, scale_mid, scale_lo, ACC)
     # where, not a multiply by the mask: a dropped NaN or Inf must give 0
     out = tl.where(keep, scaled, 0.0)
     tl.store(dst_ptr + q, out.to(dst_ptr.dtype.element_ty), mask=in_range)
@@ -142,17 +148,9 @@ def dropout_output(t: torch.Tensor) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=64)
-def _split_scale(p: float):
-    """1 / (1 - p) (0 for p = 1, where nothing is kept) as three fp32-exact floats summing to it
-    exactly: Triton passes Python floats to kernels as fp32, and fp64 tensors need the fp64 scale.
-    (Each remainder is exact in fp64, and the last has at most 5 significant bits.)"""
-    scale = 0.0 if p >= 1.0 else 1.0 / (1.0 - p)
-    parts = []
-    for _ in range(3):
-        part = struct.unpack("f", struct.pack("f", scale))[0]  # round to nearest fp32
-        parts.append(part)
-        scale -= part
-    return tuple(parts)
+def _scale_parts(p: float):
+    """The kept units' scale 1 / (1 - p) (0 for p = 1, where nothing is kept) in fp32 parts."""
+    return fp32_parts(0.0 if p >= 1.0 else 1.0 / (1.0 - p))
 
 
 def _launch(src: torch.Tensor, dst: torch.Tensor, seed: torch.Tensor, p: float, dims,
@@ -163,15 +161,15 @@ def _launch(src: torch.Tensor, dst: torch.Tensor, seed: torch.Tensor, p: float, 
         int64 = numel + BLOCK > INT32_LIMIT
     pad = MAX_DIMS - len(dims)
     sizes = [1] * pad + [size for size, _ in dims]
-    lstrides = [0] * pad + [lstride for _, lstride in dims]
-    scale_hi, scale_mid, scale_lo = _split_scale(p)
+    index_strides = [0] * pad + [stride for _, stride in dims]
     grid = (triton.cdiv(numel, BLOCK),)
     _dropout_kernel[grid](
         src, dst,
         seed, p,
-        scale_hi, scale_mid, scale_lo,
-        numel, sizes[1], sizes[2], sizes[3], *lstrides,
-        NDIM=len(dims), INT64=int64, BLOCK=BLOCK, num_warps=NUM_WARPS,
+        *_scale_parts(p),
+        numel, sizes[1], sizes[2], sizes[3], *index_strides,
+        NDIM=len(dims), INT64=int64, ACC=tl_accumulator(src.dtype), BLOCK=BLOCK,
+        num_warps=NUM_WARPS,
     )
 
 

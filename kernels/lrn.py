@@ -6,84 +6,36 @@
             - (2 alpha beta / size) * a[c] * sum_{c' in [c-A, c+B]} db[c'] * a[c'] * d[c']^(-beta-1)
 
 Tensors are viewed as (N, C, S), S the flattened spatial dims, each with its own three strides.
-The forward reads x once and writes y once; the backward reads x and dy once and writes dx once
-(it recomputes d from x: nothing but x is saved).
-
-How the channel stencils are done; the whole design follows from this. At the byte floor a
-channel's neighbours must come from registers. Re-loading them through L1 costs, with size=5,
-14 loads per element in the backward (a[c-4..c+4], db[c-2..c+2]) plus 5 pow evaluations if each
-neighbour's normaliser is recomputed: that backward is MUFU- and L1-bound on an H100/H200, well
-over its memory time. So each thread owns a run of V consecutive channels (its "centre") at one
-spatial position, plus the halo channels the stencils reach on either side, in registers, and
-the window sums are sums over a compile-time band,
-
-    out[o, r] = sum_w where(LO <= (src_at + w) - (dst_at + o) <= HI, src[w, r], -0.0),
-
-a 3-D broadcast whose two channel axes live in one thread: each `where` condition is a
-compile-time constant per register, so LLVM folds the selects and the `+ -0.0` (an exact
-identity, unlike `+ 0.0`) and leaves exactly size-1 adds per output. The normaliser and the
-backward's t = db*a*d^(-beta-1) are computed once per channel of the centre and halo: the
-recomputation is (V + A + B) / V, and the halo re-reads come from L1/L2, not DRAM.
-
-SASS for sm_90 (compiled offline with Triton 3.8, BLOCK_R=128, 4 warps, size=5, beta=0.75): no
-shuffles, no shared memory, no spills, in every layout below. Per thread:
-    forward  NCHW bf16 V=32: 36 LDG + 32 STG (scalar, coalesced across the warp), ~790
-                             instructions, 128 registers
-    backward NCHW bf16 V=32: 76 LDG + 32 STG, ~1500 instructions, 163 registers
-    forward  NHWC bf16 V=8:  LDG.128 centre + two 4-byte halo loads, STG.128, ~210
-                             instructions, 32 registers
-    backward NHWC bf16 V=8:  2 LDG.128 + 4 halo loads, STG.128, ~400 instructions, 47 registers
-    (fp32 NHWC, V=4: ~160 and ~280 instructions.) That is 0.2 (forward) + 0.4 (backward) issue
-    cycles per element per SM in bf16 against ~0.9 that the memory floor at 70% of an H200's
-    copy bandwidth allows: memory-bound, if the loads stay in flight. MUFU: 2 per element of
-    centre and halo (rsqrt, sqrt), i.e. 2.25 per element forward and 3.25 backward in NHWC
-    bf16. About a third of the NCHW instructions are 64-bit address arithmetic (IMAD.WIDE +
-    LEA + LEA.HI.X per load): int32 offsets within an image would cut them, at the price of a
-    guard for images of 2^31 elements; not done.
-
-Two layouts of rows (a row = one thread's V channels at one spatial position):
-- CHANNELS_LAST (channel stride 1, e.g. NHWC): rows are (spatial s, channel group g), g fastest,
-  so consecutive threads read consecutive 16-byte vectors: V = 16 bytes of channels, the centre
-  is one fully coalesced LDG.128, and each halo is its own "piece" (a separate load, at most 16
-  bytes), because Triton's coalescing pass spreads anything wider than 16 bytes along the
-  contiguous axis across threads, which would take the channels off the thread.
-- otherwise (NCHW, any other strides): rows are BLOCK_R consecutive spatial positions of one
-  group of V = 32 channels; each channel is one load, coalesced across the warp. The rows' index
-  is taken modulo (S | 1) (a no-op on valid rows) to hide their contiguity from Triton's axis
-  analysis: when S % 8 == 0 it would otherwise vectorize along rows, putting 8 rows in a
-  thread, and convert that layout to the in-thread-channels one through shared memory (seen in
-  the SASS; AlexNet's S = 3025 and 729 are odd and never vectorize).
-  One row per thread (BLOCK_R = 32 * num_warps): two would spill at V = 32.
-Rows are the last tensor axis everywhere: the default layout Triton gives the 3-D band
-broadcasts then puts threads on rows like the loads do (with rows first it spread threads over
-the channel axes and the sums became shuffles and shared-memory round trips).
-
-pow: d^-beta = exp2(-beta * log2 d) (lg2/ex2.approx: a few 1e-7 relative error by their
-documented bounds, inside the fp32 tolerance; the interpreter computes exactly, so only the CUDA
-run of the tests checks this). For AlexNet's
-beta = 0.75, r = rsqrt(d) gives d^-0.75 = r * sqrt(r) and d^-1.75 = d^-0.75 * r * r: two MUFU
-ops and no reciprocal. Integer betas use |d| and restore the sign, as torch.pow does for a
-negative normaliser (k < 0 or alpha < 0).
+The forward reads x once and writes y once; the backward reads x and dy once and writes dx once,
+recomputing d from x. Each thread holds a row: V consecutive channels at one spatial position
+plus the halo channels the windows reach, in registers, and the window sums are compile-time
+bands over them (:func:`_band_sum`), so no neighbour is loaded twice by one thread. Two row
+orders: channels-last (channel stride 1: a row is one 16-byte vector, consecutive threads take
+consecutive vectors) and every other layout (V = 32 channels, consecutive threads take
+consecutive spatial positions). docs/kernels/lrn.md gives the design and its measurements.
 """
 
 import functools
 import math
 
-import numpy as np
 import torch
 import triton
 import triton.language as tl
 
-from fastalex.kernels._runtime import autotune, new_empty_like
+from fastalex.kernels._runtime import (
+    autotune,
+    fp32_parts,
+    from_fp32_parts,
+    new_empty_like,
+    tl_accumulator,
+)
 
-# pow modes (the POW constexpr)
-POW_GENERIC = 0  # d^-beta = exp2(-beta * log2 d): NaN for d < 0, as torch.pow
-POW_075 = 1  # beta == 0.75 with fp32 accumulation: rsqrt and sqrt
-POW_EVEN = 2  # even integer beta: |d|^-beta
-POW_ODD = 3  # odd integer beta: sign(d) |d|^-beta
-POW_ZERO = 4  # beta == 0: d^0 = 1
-
-_FP32_MAX = float(np.finfo(np.float32).max)
+# How the kernels raise the normaliser to -beta (the POW constexpr).
+POW_GENERIC = tl.constexpr(0)  # d^-beta = exp2(-beta * log2 d): NaN for d < 0, as torch.pow
+POW_075 = tl.constexpr(1)  # beta == 0.75, fp32 accumulation: r = rsqrt(d), d^-0.75 = r sqrt(r)
+POW_EVEN = tl.constexpr(2)  # even integer beta: |d|^-beta
+POW_ODD = tl.constexpr(3)  # odd integer beta: sign(d) |d|^-beta
+POW_ZERO = tl.constexpr(4)  # beta == 0: d^0 = 1 and y = x
 
 
 # ---------------------------------------------------------------------------------------------
@@ -143,9 +95,10 @@ def _rows(pid, C, S, G, V: tl.constexpr, BLOCK_R: tl.constexpr, CHANNELS_LAST: t
         c0 = ((q % G) * V)[None, :]
     else:
         # BLOCK_R consecutive spatial positions of one channel group. "% (S | 1)" is a no-op
-        # on the valid rows (s < S <= S | 1) that hides their contiguity from the axis
-        # analysis (see the module docstring): it derives the contiguity of a remainder from
-        # the divisor's power-of-two divisibility, and S | 1 is odd.
+        # on the valid rows (s < S <= S | 1) that hides their contiguity from Triton's axis
+        # analysis, which derives a remainder's contiguity from the divisor's power-of-two
+        # divisibility (S | 1 is odd): seen contiguous, the rows would be vectorised several per
+        # thread and moved to the one-row-per-thread layout through shared memory.
         blocks = tl.cdiv(S, BLOCK_R)
         n = pid // (G * blocks)
         rest = pid % (G * blocks)
@@ -157,30 +110,21 @@ def _rows(pid, C, S, G, V: tl.constexpr, BLOCK_R: tl.constexpr, CHANNELS_LAST: t
 
 
 @triton.jit
-def _param(hi, lo, ACC: tl.constexpr):
-    """A host float passed as fp32 hi + lo (Triton passes Python floats as fp32): exact to
-    ~2^-48 in fp64, the plain fp32 value otherwise."""
-    if ACC == tl.float64:
-        return tl.cast(hi, tl.float64) + tl.cast(lo, tl.float64)
-    else:
-        return hi
-
-
-@triton.jit
 def _neg_pow(d, neg_beta, POW: tl.constexpr):
-    """(d^-beta, d^(-beta-1)) for the pow mode POW (see the module constants)."""
-    if POW == 1:
+    """(d^-beta, d^(-beta-1)) in the pow mode POW."""
+    if POW == POW_075:
         r = tl.math.rsqrt(d)
         p = r * tl.sqrt(r)
         return p, p * (r * r)
-    elif POW == 4:
+    elif POW == POW_ZERO:
         return tl.full(d.shape, 1.0, d.dtype), tl.fdiv(tl.full(d.shape, 1.0, d.dtype), d)
-    elif POW == 0:
+    elif POW == POW_GENERIC:
         p = tl.exp2(neg_beta * tl.log2(d))
         return p, tl.fdiv(p, d)
     else:
+        # integer beta: torch.pow of a negative base is real, with the sign of an odd power
         p = tl.exp2(neg_beta * tl.log2(tl.abs(d)))
-        if POW == 3:
+        if POW == POW_ODD:
             p = tl.where(d < 0, -p, p)
         return p, tl.fdiv(p, d)
 
@@ -188,10 +132,9 @@ def _neg_pow(d, neg_beta, POW: tl.constexpr):
 # ---------------------------------------------------------------------------------------------
 # kernels
 # ---------------------------------------------------------------------------------------------
-# The first entry is the one the tests and the interpreter use; it is valid in both row orders.
-# Few entries: each is a ~1 s compile the first time a shape is seen. One row per thread in
-# NCHW (the first three); channels-last also tries 4 rows per thread (more loads in flight and
-# the row arithmetic amortized over 32 channels instead of 8).
+# Launch configurations, the first being the one used when not autotuning; it is valid in both
+# row orders. The other row order holds one row per thread (the first three entries: two would
+# spill at V = 32); channels-last may also take 4 rows per thread.
 _CONFIGS = [
     triton.Config({"BLOCK_R": 128}, num_warps=4),
     triton.Config({"BLOCK_R": 64}, num_warps=2),
@@ -218,28 +161,28 @@ def _lrn_fwd_kernel(
     # sizes; G = cdiv(C, V) channel groups
     C, S, G,
     # strides, in elements
-    sxn, sxc, sxs, syn, syc, sys,
-    # d = k + coef * (sum of squares), y = x * d^neg_beta; each as fp32 hi + lo
-    coef, coef_lo, k, k_lo, neg_beta, neg_beta_lo,
+    stride_xn, stride_xc, stride_xs, stride_yn, stride_yc, stride_ys,
+    # d = k + coef * (sum of squares), y = x * d^neg_beta; each as three fp32 parts
+    coef_hi, coef_mid, coef_lo, k_hi, k_mid, k_lo, neg_beta_hi, neg_beta_mid, neg_beta_lo,
     # window; x halos of XL / XR channels, loaded as pieces of PXL / PXR (powers of 2, >= 1)
     SIZE: tl.constexpr, XL: tl.constexpr, XR: tl.constexpr, PXL: tl.constexpr,
     PXR: tl.constexpr,
-    # row order, channels per row, pow mode, rows per program
-    CHANNELS_LAST: tl.constexpr, V: tl.constexpr, POW: tl.constexpr, BLOCK_R: tl.constexpr,
+    # row order, channels per row, pow mode, accumulation type, rows per program
+    CHANNELS_LAST: tl.constexpr, V: tl.constexpr, POW: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_R: tl.constexpr,
 ):
     """y = lrn(x)."""
-    ACC: tl.constexpr = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
     B: tl.constexpr = SIZE // 2
     A: tl.constexpr = (SIZE - 1) // 2
-    coef = _param(coef, coef_lo, ACC)
-    k = _param(k, k_lo, ACC)
-    neg_beta = _param(neg_beta, neg_beta_lo, ACC)
+    coef = from_fp32_parts(coef_hi, coef_mid, coef_lo, ACC)
+    k = from_fp32_parts(k_hi, k_mid, k_lo, ACC)
+    neg_beta = from_fp32_parts(neg_beta_hi, neg_beta_mid, neg_beta_lo, ACC)
     n, s, row_ok, c0 = _rows(tl.program_id(0), C, S, G, V, BLOCK_R, CHANNELS_LAST)
-    x_row = n * sxn + s * sxs
+    x_row = n * stride_xn + s * stride_xs
 
-    xl, _ = _load_piece(x_ptr, x_row, row_ok, c0, C, sxc, -PXL, PXL, -XL, 0, ACC)
-    xc, ok = _load_piece(x_ptr, x_row, row_ok, c0, C, sxc, 0, V, 0, V, ACC)
-    xr, _ = _load_piece(x_ptr, x_row, row_ok, c0, C, sxc, V, PXR, V, V + XR, ACC)
+    xl, _ = _load_piece(x_ptr, x_row, row_ok, c0, C, stride_xc, -PXL, PXL, -XL, 0, ACC)
+    xc, ok = _load_piece(x_ptr, x_row, row_ok, c0, C, stride_xc, 0, V, 0, V, ACC)
+    xr, _ = _load_piece(x_ptr, x_row, row_ok, c0, C, stride_xc, V, PXR, V, V + XR, ACC)
 
     ssq = tl.full([V, BLOCK_R], -0.0, ACC)
     ssq = _band_sum(ssq, xl * xl, -PXL, 0, -B, A)
@@ -248,7 +191,7 @@ def _lrn_fwd_kernel(
     p, _ = _neg_pow(k + coef * ssq, neg_beta, POW)
 
     c = c0 + tl.arange(0, V)[:, None]
-    y_off = (n * syn + s * sys)[None, :] + c.to(tl.int64) * syc
+    y_off = (n * stride_yn + s * stride_ys)[None, :] + c.to(tl.int64) * stride_yc
     tl.store(y_ptr + y_off, (xc * p).to(y_ptr.dtype.element_ty), mask=ok)
 
 
@@ -261,36 +204,38 @@ def _lrn_bwd_kernel(
     # sizes; G = cdiv(C, V) channel groups
     C, S, G,
     # strides, in elements
-    sxn, sxc, sxs, sdyn, sdyc, sdys, sdxn, sdxc, sdxs,
-    # d = k + coef * (sum of squares), d^neg_beta, grad_coef = 2 beta coef; as fp32 hi + lo
-    coef, coef_lo, k, k_lo, neg_beta, neg_beta_lo, grad_coef, grad_coef_lo,
+    stride_xn, stride_xc, stride_xs, stride_dyn, stride_dyc, stride_dys,
+    stride_dxn, stride_dxc, stride_dxs,
+    # d = k + coef * (sum of squares), d^neg_beta, grad_coef = 2 beta coef; as three fp32 parts
+    coef_hi, coef_mid, coef_lo, k_hi, k_mid, k_lo, neg_beta_hi, neg_beta_mid, neg_beta_lo,
+    grad_coef_hi, grad_coef_mid, grad_coef_lo,
     # window; x halos XL / XR, t = dy*x*d^(-beta-1) halos TL / TR, as pieces of P* (powers of 2)
     SIZE: tl.constexpr, XL: tl.constexpr, XR: tl.constexpr, TL: tl.constexpr,
     TR: tl.constexpr, PXL: tl.constexpr, PXR: tl.constexpr, PTL: tl.constexpr,
     PTR: tl.constexpr,
-    # row order, channels per row, pow mode, rows per program
-    CHANNELS_LAST: tl.constexpr, V: tl.constexpr, POW: tl.constexpr, BLOCK_R: tl.constexpr,
+    # row order, channels per row, pow mode, accumulation type, rows per program
+    CHANNELS_LAST: tl.constexpr, V: tl.constexpr, POW: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_R: tl.constexpr,
 ):
     """dx = (d lrn(x) / dx)^T dy, recomputing the normaliser from x."""
-    ACC: tl.constexpr = tl.float64 if x_ptr.dtype.element_ty == tl.float64 else tl.float32
     B: tl.constexpr = SIZE // 2
     A: tl.constexpr = (SIZE - 1) // 2
-    coef = _param(coef, coef_lo, ACC)
-    k = _param(k, k_lo, ACC)
-    neg_beta = _param(neg_beta, neg_beta_lo, ACC)
-    grad_coef = _param(grad_coef, grad_coef_lo, ACC)
+    coef = from_fp32_parts(coef_hi, coef_mid, coef_lo, ACC)
+    k = from_fp32_parts(k_hi, k_mid, k_lo, ACC)
+    neg_beta = from_fp32_parts(neg_beta_hi, neg_beta_mid, neg_beta_lo, ACC)
+    grad_coef = from_fp32_parts(grad_coef_hi, grad_coef_mid, grad_coef_lo, ACC)
     n, s, row_ok, c0 = _rows(tl.program_id(0), C, S, G, V, BLOCK_R, CHANNELS_LAST)
-    x_row = n * sxn + s * sxs
-    dy_row = n * sdyn + s * sdys
+    x_row = n * stride_xn + s * stride_xs
+    dy_row = n * stride_dyn + s * stride_dys
 
     # x over [-XL, V + XR): the squares reach B channels left, A right, of each t position
-    xl, _ = _load_piece(x_ptr, x_row, row_ok, c0, C, sxc, -PXL, PXL, -XL, 0, ACC)
-    xc, ok = _load_piece(x_ptr, x_row, row_ok, c0, C, sxc, 0, V, 0, V, ACC)
-    xr, _ = _load_piece(x_ptr, x_row, row_ok, c0, C, sxc, V, PXR, V, V + XR, ACC)
+    xl, _ = _load_piece(x_ptr, x_row, row_ok, c0, C, stride_xc, -PXL, PXL, -XL, 0, ACC)
+    xc, ok = _load_piece(x_ptr, x_row, row_ok, c0, C, stride_xc, 0, V, 0, V, ACC)
+    xr, _ = _load_piece(x_ptr, x_row, row_ok, c0, C, stride_xc, V, PXR, V, V + XR, ACC)
     # dy over the t positions [-TL, V + TR)
-    dyl, okl = _load_piece(dy_ptr, dy_row, row_ok, c0, C, sdyc, -PTL, PTL, -TL, 0, ACC)
-    dyc, _ = _load_piece(dy_ptr, dy_row, row_ok, c0, C, sdyc, 0, V, 0, V, ACC)
-    dyr, okr = _load_piece(dy_ptr, dy_row, row_ok, c0, C, sdyc, V, PTR, V, V + TR, ACC)
+    dyl, okl = _load_piece(dy_ptr, dy_row, row_ok, c0, C, stride_dyc, -PTL, PTL, -TL, 0, ACC)
+    dyc, _ = _load_piece(dy_ptr, dy_row, row_ok, c0, C, stride_dyc, 0, V, 0, V, ACC)
+    dyr, okr = _load_piece(dy_ptr, dy_row, row_ok, c0, C, stride_dyc, V, PTR, V, V + TR, ACC)
     sql = xl * xl
     sqc = xc * xc
     sqr = xr * xr
@@ -327,13 +272,13 @@ def _lrn_bwd_kernel(
     tsum = _band_sum(tsum, tl_, -PTL, 0, -A, B)
     tsum = _band_sum(tsum, tc, 0, 0, -A, B)
     tsum = _band_sum(tsum, tr, V, 0, -A, B)
-    if POW == 4:
-        dx = dyc  # beta = 0: y = x
+    if POW == POW_ZERO:
+        dx = dyc  # y = x
     else:
         dx = dyc * pc - grad_coef * xc * tsum
 
     c = c0 + tl.arange(0, V)[:, None]
-    dx_off = (n * sdxn + s * sdxs)[None, :] + c.to(tl.int64) * sdxc
+    dx_off = (n * stride_dxn + s * stride_dxs)[None, :] + c.to(tl.int64) * stride_dxc
     tl.store(dx_ptr + dx_off, dx.to(dx_ptr.dtype.element_ty), mask=ok)
 
 
@@ -385,20 +330,16 @@ def _views(shape, strides):
 
 
 def _pow_mode(beta: float, dtype: torch.dtype) -> int:
+    """The POW constexpr for ``beta``; the rsqrt form is fp32-accurate only."""
     if beta == 0.0:
-        return POW_ZERO
-    if beta == 0.75 and dtype != torch.float64:
-        return POW_075
-    if float(beta).is_integer():
-        return POW_ODD if int(beta) % 2 else POW_EVEN
-    return POW_GENERIC
-
-
-def _split(v: float):
-    """v as fp32 hi + lo (see _param); beyond fp32's range, hi alone (+-inf)."""
-    hi = float(np.float32(v)) if abs(v) <= _FP32_MAX else math.copysign(math.inf, v)
-    lo = float(np.float32(v - hi)) if math.isfinite(hi) else 0.0
-    return hi, lo
+        mode = POW_ZERO
+    elif beta == 0.75 and dtype != torch.float64:
+        mode = POW_075
+    elif float(beta).is_integer():
+        mode = POW_ODD if int(beta) % 2 else POW_EVEN
+    else:
+        mode = POW_GENERIC
+    return mode.value
 
 
 def _pow2(v: int) -> int:
@@ -424,11 +365,12 @@ def _plan(shape, dtype, strides, size, alpha, beta, k, backward):
         def grid(meta):
             return (n * g * triton.cdiv(s, meta["BLOCK_R"]),)
     b, a = size // 2, (size - 1) // 2
-    params = (*_split(alpha / size), *_split(k), *_split(-beta))
-    meta = dict(SIZE=size, CHANNELS_LAST=channels_last, V=v, POW=_pow_mode(beta, dtype))
+    params = (*fp32_parts(alpha / size), *fp32_parts(k), *fp32_parts(-beta))
+    meta = dict(SIZE=size, CHANNELS_LAST=channels_last, V=v, POW=_pow_mode(beta, dtype),
+                ACC=tl_accumulator(dtype))
     if backward:
         xh, t_l, t_r = min(a + b, c - 1), min(a, c - 1), min(b, c - 1)
-        params += _split(2.0 * beta * alpha / size)
+        params += fp32_parts(2.0 * beta * alpha / size)
         meta.update(XL=xh, XR=xh, TL=t_l, TR=t_r, PXL=_pow2(xh), PXR=_pow2(xh), PTL=_pow2(t_l),
                     PTR=_pow2(t_r))
     else:

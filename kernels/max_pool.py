@@ -2,10 +2,12 @@
 
 The forward writes ``y`` and, per output element, the position of the winning element inside its
 window (``kh * KW + kw``) in the narrowest integer type that holds the window area (int8 for
-AlexNet's 3x3: 1 byte per output against the 8 bytes of torch's int64 indices). The input is not
-needed by the backward, which is a gather: every input element visits the outputs whose windows
-cover it and adds the ``dy`` of those that chose it. No atomics, so the result is deterministic,
-and the sum runs over outputs in torch's order (``oh``, then ``ow``, ascending).
+AlexNet's 3x3: 1 byte per output against the 8 bytes of torch's int64 indices). On request it
+also writes torch's int64 indices (the winner's flat position ``ih * W + iw`` in its input
+plane), derived from that arg-max. The input is not needed by the backward, which is a gather:
+every input element visits the outputs whose windows cover it and adds the ``dy`` of those that
+chose it. No atomics, so the result is deterministic, and the sum runs over outputs in torch's
+order (``oh``, then ``ow``, ascending).
 
 Arg-max rule, as torch's CPU and CUDA kernels: scan the window row-major, take an element when
 ``v > best or isnan(v)``; the first valid element is always taken. So ties go to the first
@@ -16,38 +18,37 @@ kernel writes, with the contiguous axis of its layout as the columns so that loa
 coalesce: for NCHW the rows are ``(n, c, h)`` and the columns ``w``; for channels-last the rows
 are ``(n, h, w)`` and the columns ``c``. Inputs are read through their strides, so any layout
 works; only speed depends on the layout matching.
+
+docs/kernels/max_pool.md gives the design and the memory-traffic floors.
 """
 
 import torch
 import triton
 import triton.language as tl
 
-from fastalex.kernels._runtime import autotune, new_empty, tl_accumulator
+from fastalex.kernels._runtime import AUTOTUNE, INT32_LIMIT, new_empty, tl_accumulator
 
-# The launcher sizes the column block to the contiguous axis (AlexNet: 96 or 256 channels for
-# channels-last, widths 13, 27, 55 for NCHW; capped at _MAX_BLOCK_Q, wider ones span several
-# programs); the configurations choose how many rows go with it and the warps, pruned to tiles of
-# _MIN_TILE.._MAX_TILE elements and at most _MAX_PER_THREAD per thread. ptxas for sm_90 (3x3/2):
-# 8 fp32 elements per thread take 64 registers channels-last, 112-128 NCHW (per-element 64-bit
-# addresses); 16 per thread take 166-254 and 32 spill.
-# The first configuration is the one tests use: the interpreter's cost is per program and per
-# operation far more than per element, so fewer, larger tiles run the tests faster.
+# The launcher sizes the column block to the contiguous axis (capped at _MAX_BLOCK_Q: wider ones
+# span several programs); the configurations choose how many rows go with it and the warps,
+# pruned to tiles of _MIN_TILE.._MAX_TILE elements and at most _MAX_PER_THREAD per thread (more
+# spill: 32 per thread spill over 10 KB). Without autotuning the first that fits runs: the
+# largest such tile on 4 warps.
 _CONFIGS = [
     triton.Config({"BLOCK_R": block_r}, num_warps=num_warps)
     for num_warps in (4, 8)
-    for block_r in (32, 4, 8, 16, 64, 128, 256)
+    for block_r in (256, 128, 64, 32, 16, 8, 4)
 ]
 _MAX_BLOCK_Q = 128
 _MIN_TILE, _MAX_TILE, _MAX_PER_THREAD = 512, 4096, 8
 _FWD_KEY = ["n_rows", "n_cols", "H", "W", "OH", "OW", "KH", "KW", "SH", "SW", "STORE_ARG",
-            "CHANNELS_LAST", "BLOCK_Q"]
+            "STORE_INDEX", "CHANNELS_LAST", "BLOCK_Q"]
 _BWD_KEY = ["n_rows", "n_cols", "H", "W", "OH", "OW", "KH", "KW", "SH", "SW",
             "CHANNELS_LAST", "BLOCK_Q"]
 
 
-def _prune(configs, named_args, **kwargs):
-    """Keep the configurations whose tile fits (see _CONFIGS); at least one."""
-    block_q = kwargs.get("BLOCK_Q", named_args.get("BLOCK_Q"))
+def fitting(configs, block_q: int) -> list:
+    """The configurations whose tile fits with columns of ``block_q`` (see _CONFIGS); the first
+    configuration when none does."""
 
     def fits(config):
         tile = config.kwargs["BLOCK_R"] * block_q
@@ -56,12 +57,17 @@ def _prune(configs, named_args, **kwargs):
     return [c for c in configs if fits(c)] or list(configs[:1])
 
 
+def _prune(configs, named_args, **kwargs):
+    """What the autotuners choose among: every fitting configuration."""
+    return fitting(configs, kwargs.get("BLOCK_Q", named_args.get("BLOCK_Q")))
+
+
 # Sizes are not specialised on (fewer compiled variants across shapes); strides and n_cols are,
 # since their divisibility by 16 is what lets channels-last loads and stores vectorise.
 _SIZES = ["C", "H", "W", "OH", "OW", "n_rows"]
 # Row indices switch to int64 division only when they could pass 2^31 (int64 division costs
-# several times int32's); offsets into the tensors are always computed in int64.
-_INT32_LIMIT = 2**31 - 1 - 4096
+# several times int32's), with a block's margin; offsets into the tensors are always int64.
+_ROWS_INT32_LIMIT = INT32_LIMIT - 1 - 4096
 # Unroll up to this many taps (forward) or candidate outputs (backward); beyond it a loop keeps
 # the compile time bounded for large windows.
 _MAX_UNROLL = 128
@@ -86,14 +92,14 @@ def _tile(n_rows, n_cols, ROWS_INT64: tl.constexpr, BLOCK_R: tl.constexpr,
 
 
 @triton.jit
-def _fwd_tap(best, arg, x_ptr, x_base, ih0, iw0, mask, H, W, sx_h, sx_w, k,
+def _fwd_tap(best, arg, x_ptr, x_base, ih0, iw0, mask, H, W, stride_xh, stride_xw, k,
              KW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr, ACC: tl.constexpr):
     """Fold tap ``k`` (row-major in the window) into the running max and arg-max."""
     ih = ih0 + (k // KW) * DH
     iw = iw0 + (k % KW) * DW
     # Row/column terms are combined before the 2D add: channels-last keeps them per row.
     ok = mask & ((ih >= 0) & (ih < H) & (iw >= 0) & (iw < W))
-    v = tl.load(x_ptr + (x_base + (ih * sx_h + iw * sx_w)), mask=ok,
+    v = tl.load(x_ptr + (x_base + (ih * stride_xh + iw * stride_xw)), mask=ok,
                 other=float("-inf")).to(ACC)
     # torch's rule (v > best or isnan(v)); arg < 0 takes the first valid element, so a window
     # of -inf points at its first element inside the input, as torch's does.
@@ -101,23 +107,42 @@ def _fwd_tap(best, arg, x_ptr, x_base, ih0, iw0, mask, H, W, sx_h, sx_w, k,
     return tl.where(take, v, best), tl.where(take, k, arg)
 
 
+@triton.jit
+def _first_inside(i0, D: tl.constexpr):
+    """The first tap position i0 + j * D (j >= 0) that is >= 0: where torch's window starts."""
+    return i0 + tl.cdiv(tl.maximum(-i0, 0), D) * D
+
+
+@triton.jit
+def _flat_index(arg, ih0, iw0, W, KW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr):
+    """torch's int64 index of each window's winner, ih * W + iw, from the window-local arg-max.
+    A window with no element inside the input (arg -1, output -inf) gets torch's value for it
+    too: its first tap row and column moved inside by whole dilation steps."""
+    a = tl.maximum(arg, 0)
+    ih = tl.where(arg >= 0, ih0 + (a // KW) * DH, _first_inside(ih0, DH))
+    iw = tl.where(arg >= 0, iw0 + (a % KW) * DW, _first_inside(iw0, DW))
+    return ih * W + iw
+
+
 @triton.jit(do_not_specialize=_SIZES)
 def _max_pool2d_fwd_kernel(
-    # Pointers: x (N, C, H, W), any strides; y and arg (N, C, OH, OW), one shared layout, arg
-    # holding the window-local arg-max kh * KW + kw (int8/int16/int32; -1 if the window has no
-    # element inside the input).
-    x_ptr, y_ptr, arg_ptr,
+    # Pointers: x (N, C, H, W), any strides; y, arg and index (N, C, OH, OW), one shared layout,
+    # arg holding the window-local arg-max kh * KW + kw (int8/int16/int32; -1 if the window has
+    # no element inside the input), index torch's int64 indices.
+    x_ptr, y_ptr, arg_ptr, index_ptr,
     # Sizes; the tile grid covers n_rows x n_cols (see the module docstring).
     C, H, W, OH, OW, n_rows, n_cols,
-    # Strides in elements: x, then y (which arg shares).
-    sx_n, sx_c, sx_h, sx_w,
-    sy_n, sy_c, sy_h, sy_w,
+    # Strides in elements: x, then y (which arg and index share).
+    stride_xn, stride_xc, stride_xh, stride_xw,
+    stride_yn, stride_yc, stride_yh, stride_yw,
     # Window, compile-time: the taps unroll and divisions by the stride become shifts.
     KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
     PH: tl.constexpr, PW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
-    # Options: write arg (skipped when no gradient is needed), compare in ACC (fp32, or fp64),
-    # unroll the taps (small windows) or loop over them (large ones: bounded compile time).
-    STORE_ARG: tl.constexpr, ACC: tl.constexpr, UNROLL: tl.constexpr,
+    # Outputs besides y: arg (for a backward), index (asked for by return_indices).
+    STORE_ARG: tl.constexpr, STORE_INDEX: tl.constexpr,
+    # Compare in ACC (fp32, or fp64); unroll the taps (small windows) or loop over them (large
+    # ones: bounded compile time).
+    ACC: tl.constexpr, UNROLL: tl.constexpr,
     # Tiling.
     CHANNELS_LAST: tl.constexpr, ROWS_INT64: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_Q: tl.constexpr,
@@ -135,8 +160,9 @@ def _max_pool2d_fwd_kernel(
         c = cols.to(tl.int64)
         ih0 = (oh * SH - PH)[:, None]
         iw0 = (ow * SW - PW)[:, None]
-        x_base = (n * sx_n)[:, None] + (c * sx_c)[None, :]
-        y_off = (n * sy_n + oh * sy_h + ow * sy_w)[:, None] + (c * sy_c)[None, :]
+        x_base = (n * stride_xn)[:, None] + (c * stride_xc)[None, :]
+        y_off = (n * stride_yn + oh * stride_yh + ow * stride_yw)[:, None] \
+            + (c * stride_yc)[None, :]
     else:
         # rows (n, c, oh), columns ow: consecutive rows share input rows (L1 hits) and each
         # tap reads a row segment at stride SW.
@@ -148,23 +174,26 @@ def _max_pool2d_fwd_kernel(
         ow = cols.to(tl.int64)
         ih0 = (oh * SH - PH)[:, None]
         iw0 = (ow * SW - PW)[None, :]
-        x_base = (n * sx_n + c * sx_c)[:, None]
-        y_off = (n * sy_n + c * sy_c + oh * sy_h)[:, None] + (ow * sy_w)[None, :]
+        x_base = (n * stride_xn + c * stride_xc)[:, None]
+        y_off = (n * stride_yn + c * stride_yc + oh * stride_yh)[:, None] \
+            + (ow * stride_yw)[None, :]
 
     best = tl.full([BLOCK_R, BLOCK_Q], float("-inf"), ACC)
     arg = tl.full([BLOCK_R, BLOCK_Q], -1, tl.int32)
     if UNROLL:
         for k in tl.static_range(KH * KW):
-            best, arg = _fwd_tap(best, arg, x_ptr, x_base, ih0, iw0, mask, H, W, sx_h, sx_w, k,
-                                 KW, DH, DW, ACC)
+            best, arg = _fwd_tap(best, arg, x_ptr, x_base, ih0, iw0, mask, H, W, stride_xh,
+                                 stride_xw, k, KW, DH, DW, ACC)
     else:
         for k in range(KH * KW):
-            best, arg = _fwd_tap(best, arg, x_ptr, x_base, ih0, iw0, mask, H, W, sx_h, sx_w, k,
-                                 KW, DH, DW, ACC)
+            best, arg = _fwd_tap(best, arg, x_ptr, x_base, ih0, iw0, mask, H, W, stride_xh,
+                                 stride_xw, k, KW, DH, DW, ACC)
 
     tl.store(y_ptr + y_off, best.to(y_ptr.dtype.element_ty), mask=mask)
     if STORE_ARG:
         tl.store(arg_ptr + y_off, arg.to(arg_ptr.dtype.element_ty), mask=mask)
+    if STORE_INDEX:
+        tl.store(index_ptr + y_off, _flat_index(arg, ih0, iw0, W, KW, DH, DW), mask=mask)
 
 
 @triton.jit
@@ -191,7 +220,7 @@ def _covering(i, j, K: tl.constexpr, S: tl.constexpr, P: tl.constexpr, D: tl.con
 
 @triton.jit
 def _bwd_tap(acc, dy_ptr, arg_ptr, g_base, a_base, ih, iw, mask, OH, OW,
-             sg_h, sg_w, sa_h, sa_w, jh, jw,
+             stride_dyh, stride_dyw, stride_argh, stride_argw, jh, jw,
              KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
              PH: tl.constexpr, PW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
              NJH: tl.constexpr, NJW: tl.constexpr, ACC: tl.constexpr):
@@ -199,11 +228,11 @@ def _bwd_tap(acc, dy_ptr, arg_ptr, g_base, a_base, ih, iw, mask, OH, OW,
     oh, kh, ok_h = _covering(ih, jh, KH, SH, PH, DH, NJH, OH)
     ow, kw, ok_w = _covering(iw, jw, KW, SW, PW, DW, NJW, OW)
     ok = mask & (ok_h & ok_w)
-    a = tl.load(arg_ptr + (a_base + (oh * sa_h + ow * sa_w)), mask=ok, other=-1)
+    a = tl.load(arg_ptr + (a_base + (oh * stride_argh + ow * stride_argw)), mask=ok, other=-1)
     # dy is loaded under `ok`, not under the hit test: a mask that varies along the channels
     # would turn channels-last's vector loads into scalar ones (and wait on the arg load); the
     # sectors are fetched either way, and the neighbours' candidates hit in L1.
-    g = tl.load(dy_ptr + (g_base + (oh * sg_h + ow * sg_w)), mask=ok, other=0.0)
+    g = tl.load(dy_ptr + (g_base + (oh * stride_dyh + ow * stride_dyw)), mask=ok, other=0.0)
     return acc + tl.where(a == kh * KW + kw, g.to(ACC), 0.0)
 
 
@@ -215,9 +244,9 @@ def _max_pool2d_bwd_kernel(
     # Sizes; the tile grid covers n_rows x n_cols of dx (see the module docstring).
     C, H, W, OH, OW, n_rows, n_cols,
     # Strides in elements: dy, arg, dx.
-    sg_n, sg_c, sg_h, sg_w,
-    sa_n, sa_c, sa_h, sa_w,
-    sx_n, sx_c, sx_h, sx_w,
+    stride_dyn, stride_dyc, stride_dyh, stride_dyw,
+    stride_argn, stride_argc, stride_argh, stride_argw,
+    stride_dxn, stride_dxc, stride_dxh, stride_dxw,
     # Window, compile-time as in the forward; NJH x NJW candidate outputs per input element.
     KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
     PH: tl.constexpr, PW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
@@ -239,10 +268,11 @@ def _max_pool2d_bwd_kernel(
         ih = t % H
         n = (t // H).to(tl.int64)
         c = cols.to(tl.int64)
-        g_base = (n * sg_n)[:, None] + (c * sg_c)[None, :]
-        a_base = (n * sa_n)[:, None] + (c * sa_c)[None, :]
-        x_off = (n * sx_n + ih.to(tl.int64) * sx_h + iw.to(tl.int64) * sx_w)[:, None] \
-            + (c * sx_c)[None, :]
+        g_base = (n * stride_dyn)[:, None] + (c * stride_dyc)[None, :]
+        a_base = (n * stride_argn)[:, None] + (c * stride_argc)[None, :]
+        x_off = (n * stride_dxn + ih.to(tl.int64) * stride_dxh
+                 + iw.to(tl.int64) * stride_dxw)[:, None] \
+            + (c * stride_dxc)[None, :]
         ih = ih[:, None]
         iw = iw[:, None]
     else:
@@ -252,10 +282,10 @@ def _max_pool2d_bwd_kernel(
         c = (nc % C).to(tl.int64)
         n = (nc // C).to(tl.int64)
         iw = cols
-        g_base = (n * sg_n + c * sg_c)[:, None]
-        a_base = (n * sa_n + c * sa_c)[:, None]
-        x_off = (n * sx_n + c * sx_c + ih.to(tl.int64) * sx_h)[:, None] \
-            + (iw.to(tl.int64) * sx_w)[None, :]
+        g_base = (n * stride_dyn + c * stride_dyc)[:, None]
+        a_base = (n * stride_argn + c * stride_argc)[:, None]
+        x_off = (n * stride_dxn + c * stride_dxc + ih.to(tl.int64) * stride_dxh)[:, None] \
+            + (iw.to(tl.int64) * stride_dxw)[None, :]
         ih = ih[:, None]
         iw = iw[None, :]
 
@@ -264,22 +294,35 @@ def _max_pool2d_bwd_kernel(
         for jh in tl.static_range(NJH):
             for jw in tl.static_range(NJW):
                 acc = _bwd_tap(acc, dy_ptr, arg_ptr, g_base, a_base, ih, iw, mask, OH, OW,
-                               sg_h, sg_w, sa_h, sa_w, jh, jw, KH, KW, SH, SW, PH, PW, DH, DW,
-                               NJH, NJW, ACC)
+                               stride_dyh, stride_dyw, stride_argh, stride_argw, jh, jw,
+                               KH, KW, SH, SW, PH, PW, DH, DW, NJH, NJW, ACC)
     else:
         for jh in range(NJH):
             for jw in range(NJW):
                 acc = _bwd_tap(acc, dy_ptr, arg_ptr, g_base, a_base, ih, iw, mask, OH, OW,
-                               sg_h, sg_w, sa_h, sa_w, jh, jw, KH, KW, SH, SW, PH, PW, DH, DW,
-                               NJH, NJW, ACC)
+                               stride_dyh, stride_dyw, stride_argh, stride_argw, jh, jw,
+                               KH, KW, SH, SW, PH, PW, DH, DW, NJH, NJW, ACC)
 
     tl.store(dx_ptr + x_off, acc.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
-_fwd = autotune(_CONFIGS, key=_FWD_KEY, prune_configs_by={"early_config_prune": _prune})(
+# Autotuners over every configuration; without autotuning, _launch picks one per column block.
+_fwd = triton.autotune(_CONFIGS, key=_FWD_KEY, prune_configs_by={"early_config_prune": _prune})(
     _max_pool2d_fwd_kernel)
-_bwd = autotune(_CONFIGS, key=_BWD_KEY, prune_configs_by={"early_config_prune": _prune})(
+_bwd = triton.autotune(_CONFIGS, key=_BWD_KEY, prune_configs_by={"early_config_prune": _prune})(
     _max_pool2d_bwd_kernel)
+
+
+def _launch(tuner, grid, block_q: int, *args, **meta) -> None:
+    """Launch ``tuner``'s kernel: autotuned, or else in the first of its configurations that
+    fits ``block_q`` columns. The right tile depends on the column block (the first entry alone
+    spills at 128 columns), and the choice is made here rather than by the autotuner, which in
+    some Triton versions benchmarks even a single remaining configuration."""
+    if AUTOTUNE:
+        tuner[grid](*args, BLOCK_Q=block_q, **meta)
+    else:
+        config = fitting(tuner.configs, block_q)[0]
+        tuner.fn[grid](*args, BLOCK_Q=block_q, **meta, **config.all_kwargs())
 
 
 def index_dtype(kernel_area: int) -> torch.dtype:
@@ -302,6 +345,23 @@ def _grid(rows: int, cols: int, block_q: int):
     return grid
 
 
+def forward_outputs(x: torch.Tensor, kernel_size: list[int], out_h: int, out_w: int,
+                    channels_last: bool, with_arg: bool, with_index: bool):
+    """The (y, arg, index) tensors :func:`max_pool2d_forward` returns for ``x``, unwritten: each
+    (N, C, out_h, out_w), channels-last when ``channels_last`` else contiguous; ``arg`` and
+    ``index`` empty (0,) tensors when not asked for. Also the ops' fake (meta) function."""
+    fmt = _memory_format(channels_last)
+    shape = (x.shape[0], x.shape[1], out_h, out_w)
+
+    def alloc(wanted, dtype):
+        return new_empty(shape if wanted else (0,), dtype=dtype, device=x.device,
+                         memory_format=fmt if wanted else torch.contiguous_format)
+
+    y = alloc(True, x.dtype)
+    arg = alloc(with_arg, index_dtype(kernel_size[0] * kernel_size[1]))
+    return y, arg, alloc(with_index, torch.int64)
+
+
 def max_pool2d_forward(
     x: torch.Tensor,
     kernel_size: list[int],
@@ -312,36 +372,33 @@ def max_pool2d_forward(
     out_w: int,
     channels_last: bool,
     with_arg: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Max-pool a 4D ``x`` (any strides) into ``y`` (N, C, out_h, out_w) and ``arg``.
+    with_index: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Max-pool a 4D ``x`` (any strides) into ``y`` (N, C, out_h, out_w), ``arg`` and ``index``.
 
-    ``y`` and ``arg`` are channels-last when ``channels_last`` else contiguous; ``arg`` holds
-    the window-local arg-max (:func:`index_dtype` of the window area), or is an empty tensor
-    when ``with_arg`` is False (inference: nothing to backpropagate).
+    ``arg`` holds the window-local arg-max (:func:`index_dtype` of the window area), written
+    only ``with_arg`` (a backward will follow); ``index`` torch's int64 indices, written only
+    ``with_index``; each is an empty tensor otherwise (see :func:`forward_outputs`).
     """
     N, C, H, W = x.shape
-    fmt = _memory_format(channels_last)
-    shape = (N, C, out_h, out_w)
-    y = new_empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
-    arg_dtype = index_dtype(kernel_size[0] * kernel_size[1])
-    arg = new_empty(shape if with_arg else (0,), dtype=arg_dtype, device=x.device,
-                    memory_format=fmt if with_arg else torch.contiguous_format)
+    y, arg, index = forward_outputs(x, kernel_size, out_h, out_w, channels_last, with_arg,
+                                    with_index)
     if y.numel() == 0:
-        return y, arg
+        return y, arg, index
     rows, cols = (N * out_h * out_w, C) if channels_last else (N * C * out_h, out_w)
     block_q = min(triton.next_power_of_2(cols), _MAX_BLOCK_Q)
-    _fwd[_grid(rows, cols, block_q)](
-        x, y, arg if with_arg else y,
+    _launch(_fwd, _grid(rows, cols, block_q), block_q,
+        x, y, arg if with_arg else y, index if with_index else y,
         C, H, W, out_h, out_w, rows, cols,
         *x.stride(),
         *y.stride(),
         KH=kernel_size[0], KW=kernel_size[1], SH=stride[0], SW=stride[1],
         PH=padding[0], PW=padding[1], DH=dilation[0], DW=dilation[1],
-        STORE_ARG=with_arg, ACC=tl_accumulator(x.dtype),
-        UNROLL=kernel_size[0] * kernel_size[1] <= _MAX_UNROLL,
-        CHANNELS_LAST=channels_last, ROWS_INT64=rows > _INT32_LIMIT, BLOCK_Q=block_q,
+        STORE_ARG=with_arg, STORE_INDEX=with_index,
+        ACC=tl_accumulator(x.dtype), UNROLL=kernel_size[0] * kernel_size[1] <= _MAX_UNROLL,
+        CHANNELS_LAST=channels_last, ROWS_INT64=rows > _ROWS_INT32_LIMIT,
     )
-    return y, arg
+    return y, arg, index
 
 
 def max_pool2d_backward(
@@ -367,7 +424,7 @@ def max_pool2d_backward(
     # Candidate outputs per input element along each axis (see _covering).
     njh = triton.cdiv(kernel_size[0], stride[0]) if dilation[0] == 1 else kernel_size[0]
     njw = triton.cdiv(kernel_size[1], stride[1]) if dilation[1] == 1 else kernel_size[1]
-    _bwd[_grid(rows, cols, block_q)](
+    _launch(_bwd, _grid(rows, cols, block_q), block_q,
         grad_output, arg, grad_input,
         C, in_h, in_w, OH, OW, rows, cols,
         *grad_output.stride(),
@@ -377,6 +434,6 @@ def max_pool2d_backward(
         PH=padding[0], PW=padding[1], DH=dilation[0], DW=dilation[1],
         NJH=njh, NJW=njw,
         ACC=tl_accumulator(grad_output.dtype), UNROLL=njh * njw <= _MAX_UNROLL,
-        CHANNELS_LAST=channels_last, ROWS_INT64=rows > _INT32_LIMIT, BLOCK_Q=block_q,
+        CHANNELS_LAST=channels_last, ROWS_INT64=rows > _ROWS_INT32_LIMIT,
     )
     return grad_input

@@ -14,8 +14,22 @@ if not torch.cuda.is_available():
 os.environ.setdefault("FASTALEX_AUTOTUNE", "0")
 
 import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 from fastalex.kernels._runtime import INTERPRET, poisoned_outputs  # noqa: E402
+
+# Property tests: the same examples on every run (no database, no clock), so a failure
+# reproduces and the suite's time is stable. Fixtures such as `device` hold no state that an
+# example could leak into the next one.
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    deadline=None,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 CUDA = torch.cuda.is_available() and not INTERPRET
 
@@ -28,6 +42,7 @@ DEVICES = [
     ),
     pytest.param("cuda", marks=pytest.mark.skipif(not CUDA, reason="needs CUDA")),
 ]
+
 
 @pytest.fixture(params=DEVICES)
 def device(request) -> str:
@@ -45,3 +60,4 @@ def _poison_kernel_outputs():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+

@@ -2,12 +2,21 @@
 offset contract shared with the fused linear epilogue, layouts, in-place, NaN/Inf, errors and
 torch.compile."""
 
+import inspect
+
 import pytest
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 from helpers import tolerance
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
+from torch import nn
 
+import fastalex.functional
+import fastalex.layers
+from fastalex.kernels import dropout as kernels
 from fastalex.kernels.dropout import (
     _launch,
     _memory_dims,
@@ -31,7 +40,7 @@ def _nonzero_randn(*shape, dtype=torch.float32, device="cpu"):
 def _scaled(x, p):
     """torch's kept value: x * (1 / (1 - p)) in fp32 (fp64 for fp64), rounded once."""
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    scale = torch.tensor(1.0 / (1.0 - p), dtype=acc, device=x.device)
+    scale = torch.tensor(1.0 / (1.0 - p) if p < 1 else 0.0, dtype=acc, device=x.device)
     return (x.to(acc) * scale).to(x.dtype)
 
 
@@ -371,3 +380,158 @@ def test_compile_fullgraph(device, inplace):
     # eval mode through the same compiled code path is the identity
     g = torch.compile(lambda t: dropout(t, p, False, inplace), fullgraph=True, backend=backend)
     assert torch.equal(g(x.detach()), x.detach())
+
+
+# --- drop-in: signatures, the layer --------------------------------------------------------------
+
+def _parameters(f):
+    return [(p.name, p.kind, p.default) for p in inspect.signature(f).parameters.values()]
+
+
+def test_signatures_are_torchs():
+    assert _parameters(fastalex.functional.dropout) == _parameters(F.dropout)
+    assert _parameters(fastalex.layers.Dropout) == _parameters(nn.Dropout)
+
+
+def test_layer_is_a_drop_in(device):
+    ours, ref = fastalex.layers.Dropout(0.3, False), nn.Dropout(0.3, False)
+    assert isinstance(ours, nn.Dropout)
+    assert repr(ours) == repr(ref) and (ours.p, ours.inplace) == (ref.p, ref.inplace)
+    assert ours.state_dict().keys() == ref.state_dict().keys()
+    assert repr(fastalex.layers.Dropout()) == repr(nn.Dropout())
+    x = _nonzero_randn(40, 50, device=device)
+    y = ours(x)
+    kept = y != 0
+    assert 0.5 < kept.float().mean().item() < 0.9
+    _assert_kept_values(y[kept], _scaled(x, 0.3)[kept], device)
+    assert ours.eval()(x) is x  # eval: the identity, as torch's
+    inplace = fastalex.layers.Dropout(0.5, inplace=True)
+    target = x.clone()
+    assert inplace(target) is target
+
+
+@pytest.mark.parametrize(
+    "kwargs, error",
+    [(dict(p=1.5), ValueError), (dict(p=-0.1), ValueError), (dict(p="0.5"), TypeError),
+     (dict(inplace=1), TypeError)],
+)
+def test_layer_refuses_bad_arguments_at_construction(kwargs, error):
+    with pytest.raises(error, match=next(iter(kwargs))):
+        fastalex.layers.Dropout(**kwargs)
+
+
+# --- the launch configuration ---------------------------------------------------------------------
+
+# one layout per number of memory dims the kernel maps back to logical indices (1 to 4), each
+# with more than one BLOCK of elements and a partial last block
+CONFIG_LAYOUTS = {
+    1: ((3, 1001), lambda t: t),
+    2: ((41, 53), lambda t: t.t()),
+    3: ((2, 5, 13, 11), lambda t: t.to(memory_format=torch.channels_last)),
+    4: ((5, 6, 7, 8), lambda t: t.permute(1, 3, 0, 2)),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("ndim", list(CONFIG_LAYOUTS))
+def test_every_config(device, ndim, dtype):
+    """The kernel's one launch configuration, in each memory-dims mode: forward and backward
+    drop exactly the units whose logical index Philox rejects."""
+    shape, view = CONFIG_LAYOUTS[ndim]
+    x = view(_nonzero_randn(*shape, dtype=dtype, device=device))
+    assert len(_memory_dims(x)) == ndim and x.numel() % kernels.BLOCK != 0
+    assert x.numel() > kernels.BLOCK
+    seed, p = _fixed_seed(device), 0.5
+    keep = torch.empty(x.numel(), dtype=torch.int8, device=device)
+    _range_keep_kernel[(triton.cdiv(x.numel(), 1024),)](seed, keep, 0, x.numel(), p, BLOCK=1024)
+    keep = keep.bool().view(x.shape)  # logical (row-major) order
+    expected = torch.where(keep, _scaled(x, p), torch.zeros_like(x))
+    y = dropout_forward(x, seed, p)
+    assert y.stride() == x.stride()
+    _assert_kept_values(y, expected, device)
+    dy = _nonzero_randn(*x.shape, dtype=dtype, device=device)
+    _assert_kept_values(dropout_backward(dy, seed, p),
+                        torch.where(keep, _scaled(dy, p), torch.zeros_like(dy)), device)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_alexnet_shapes(device, dtype):
+    """fc6/fc7's dropout at batch 128: p = 0.5 on 128 x 4096."""
+    if device != "cuda":
+        pytest.skip("needs CUDA (full AlexNet shapes)")
+    x = _nonzero_randn(128, 4096, dtype=dtype, device=device).requires_grad_()
+    y = dropout(x, 0.5)
+    kept = y.detach() != 0
+    assert abs(kept.float().mean().item() - 0.5) < 5 * (0.25 / x.numel()) ** 0.5
+    _assert_kept_values(y.detach()[kept], _scaled(x.detach(), 0.5)[kept], device)
+    dy = _nonzero_randn(128, 4096, dtype=dtype, device=device)
+    (dx,) = torch.autograd.grad(y, x, dy)
+    assert torch.equal(dx != 0, kept)
+
+
+# --- randomized ----------------------------------------------------------------------------------
+
+_VIEWS = {
+    "contiguous": lambda t: t,
+    "transposed": lambda t: t.transpose(0, -1),
+    "channels-last": lambda t: t.to(memory_format=torch.channels_last) if t.dim() == 4 else t,
+    "sliced": lambda t: t[..., ::2],
+    "expanded": lambda t: t[:1].expand(t.shape),
+}
+
+
+@st.composite
+def _dropout_cases(draw):
+    """A dropout call torch accepts: a 0-D to 4-D input in some layout and dtype, any p in
+    [0, 1] (the endpoints often), training on or off, in place or not."""
+    shape = draw(st.lists(st.integers(1, 9), min_size=0, max_size=4))
+    if shape and draw(st.integers(0, 9)) == 0:
+        shape[0] = 0  # an empty tensor, now and then
+    shape = tuple(shape)
+    view = draw(st.sampled_from(list(_VIEWS))) if len(shape) else "contiguous"
+    p = draw(st.sampled_from([0.0, 1.0, 0.5]) | st.floats(0.0, 1.0))
+    inplace = draw(st.booleans()) and view != "expanded"
+    dtype = draw(st.sampled_from([torch.float32, torch.float16, torch.bfloat16, torch.float64]))
+    training = draw(st.sampled_from([True, True, True, False]))
+    return shape, view, p, training, inplace, dtype, draw(st.integers(0, 2**31))
+
+
+@settings(max_examples=100)
+@given(case=_dropout_cases())
+def test_random_arguments(device, case):
+    """Identity where torch's dropout is one; otherwise every unit is either dropped (0, in the
+    gradient too) or scaled exactly as torch scales it, the mask is the one of the logical
+    index whatever the layout, and the kept fraction is within 6 sigma of 1 - p."""
+    shape, view, p, training, inplace, dtype, seed = case
+    leaf = _nonzero_randn(*shape, dtype=dtype, device=device).requires_grad_()
+    x = _VIEWS[view](leaf * 1.0)
+    before = x.detach().clone()
+    torch.manual_seed(seed)
+    y = dropout(x, p, training, inplace)
+    if inplace:
+        assert y is x
+    if not training or p == 0.0 or x.numel() == 0:
+        event("identity")
+        assert y is x and torch.equal(y.detach(), before)
+    else:
+        event(f"masked, {view}")
+        _check_masked(leaf, _VIEWS[view], y, before, p, seed, device)
+
+
+def _check_masked(leaf, view, y, before, p, seed, device):
+    """``y = dropout(view(leaf * 1.0))`` (``before``: its input's values) drew the mask of the
+    input's logical indices for ``seed``, scaled the kept units as torch does, and its gradient
+    (taken at the leaf: an in-place dropout overwrote its input) uses the same mask."""
+    torch.manual_seed(seed)
+    assert torch.equal(y.detach(), dropout(before.contiguous(), p))
+    kept = y.detach() != 0
+    _assert_kept_values(y.detach()[kept], _scaled(before, p)[kept], device)
+    if y.numel() >= 100:
+        sigma = (p * (1 - p) / y.numel()) ** 0.5
+        assert abs(kept.float().mean().item() - (1 - p)) <= 6 * sigma + 1e-12
+    dy = _nonzero_randn(*y.shape, dtype=y.dtype, device=device)
+    (dleaf,) = torch.autograd.grad(y, leaf, dy)
+    reference = leaf.detach().requires_grad_()
+    masked = torch.where(kept, _scaled(dy, p), torch.zeros_like(dy))
+    (expected,) = torch.autograd.grad(view(reference * 1.0), reference, masked)
+    _assert_kept_values(dleaf, expected, device)

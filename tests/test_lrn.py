@@ -8,12 +8,20 @@ compiled kernels: each other size, channel count under 32, dtype, layout or pow 
 Triton compile of about a second.
 """
 
+import inspect
+
 import pytest
 import torch
 import torch.nn.functional as F
+from autotune_pin import config_id, kernel_configs
 from helpers import tolerance
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
+import fastalex.functional
+import fastalex.layers
+from fastalex.kernels import lrn as kernels
 from fastalex.ops.lrn import lrn
 
 FLOATS = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
@@ -34,6 +42,8 @@ def _layout(x: torch.Tensor, layout: str) -> torch.Tensor:
         return big[:, ::2]
     if layout == "spatial_transposed":  # dense but the spatial dims do not flatten to one stride
         return x.transpose(-1, -2).contiguous().transpose(-1, -2)
+    if layout == "expanded":  # batch stride 0: one image broadcast over the batch
+        return x[:1].expand(x.shape)
     if layout == "batch_minor":  # batch stride 1: folds nothing, odd strides everywhere
         return x.permute(*range(1, x.dim()), 0).contiguous().permute(-1, *range(x.dim() - 1))
     raise ValueError(layout)
@@ -44,7 +54,8 @@ def _run(x, dy, size, alpha, beta, k):
     xk = x.detach().clone().requires_grad_()
     y = lrn(xk, size, alpha, beta, k)
     y.backward(dy)
-    xr = x.detach().double().requires_grad_()
+    # contiguous: torch's own 5-D path views the squares and fails on some strided layouts
+    xr = x.detach().double().contiguous().requires_grad_()
     ref = F.local_response_norm(xr, size, alpha, beta, k)
     ref.backward(dy.double())
     return y, xk.grad, ref, xr.grad
@@ -173,11 +184,13 @@ def test_mixed_layouts(device):
 
 
 def test_gradcheck(device):
+    # fast_mode: a few random projections of the Jacobian instead of one column per element
+    # (the interpreter runs a launch in tens of milliseconds)
     x = torch.randn(2, 7, 3, dtype=torch.float64, device=device, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda t: lrn(t, 4, 0.3, 0.75, 1.0), (x,))
+    assert torch.autograd.gradcheck(lambda t: lrn(t, 4, 0.3, 0.75, 1.0), (x,), fast_mode=True)
     xc = torch.randn(2, 6, 2, 2, dtype=torch.float64, device=device)
     xc = xc.contiguous(memory_format=torch.channels_last).requires_grad_()
-    assert torch.autograd.gradcheck(lambda t: lrn(t, 3, 0.5, 1.3, 0.5), (xc,))
+    assert torch.autograd.gradcheck(lambda t: lrn(t, 3, 0.5, 1.3, 0.5), (xc,), fast_mode=True)
 
 
 def test_double_backward_refused(device):
@@ -233,17 +246,47 @@ def test_errors(args, error, name):
 # ---------------------------------------------------------------------------------------------
 # the drop-in layer
 # ---------------------------------------------------------------------------------------------
+def _parameters(f):
+    return [(p.name, p.kind, p.default) for p in inspect.signature(f).parameters.values()]
+
+
+def test_signatures_are_torchs():
+    for ours in (fastalex.functional.lrn, fastalex.functional.local_response_norm):
+        assert _parameters(ours) == _parameters(F.local_response_norm)
+    for ours in (fastalex.layers.LRN, fastalex.layers.LocalResponseNorm):
+        assert _parameters(ours) == _parameters(nn.LocalResponseNorm)
+
+
 def test_layer_is_a_drop_in():
     from fastalex.layers import LRN
 
     ours, ref = LRN(5, alpha=5e-4, beta=0.75, k=2.0), nn.LocalResponseNorm(5, 5e-4, 0.75, 2.0)
     assert isinstance(ours, nn.LocalResponseNorm)
     assert (ours.size, ours.alpha, ours.beta, ours.k) == (ref.size, ref.alpha, ref.beta, ref.k)
-    assert ours.extra_repr() == ref.extra_repr()
+    assert repr(ours) == repr(ref)
     assert ours.state_dict().keys() == ref.state_dict().keys()
     ours.load_state_dict(ref.state_dict())
     default = LRN(3)
     assert (default.alpha, default.beta, default.k) == (1e-4, 0.75, 1.0)
+    explicit = LRN(3, 0.0001, 0.75, 1.0)  # torch's defaults, passed positionally
+    assert repr(explicit) == repr(nn.LocalResponseNorm(3, 0.0001, 0.75, 1.0))
+
+
+@pytest.mark.parametrize(
+    "args, error, name",
+    [
+        ((0,), ValueError, "size"),
+        ((2.0,), TypeError, "size"),
+        ((3, float("nan")), ValueError, "alpha"),
+        ((3, 1e-4, float("inf")), ValueError, "beta"),
+        ((3, 1e-4, 0.75, "1"), TypeError, "k"),
+    ],
+)
+def test_layer_refuses_bad_arguments_at_construction(args, error, name):
+    from fastalex.layers import LRN
+
+    with pytest.raises(error, match=name):
+        LRN(*args)
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
@@ -291,14 +334,20 @@ def test_layer_in_a_model(device):
 # ---------------------------------------------------------------------------------------------
 # full size (CUDA only: minutes in the interpreter)
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("autotuned", [False, True], ids=["first-config", "autotuned"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("shape", [(128, 96, 55, 55), (128, 256, 27, 27)], ids=str)
-def test_alexnet_shapes(device, dtype, layout, shape):
+def test_alexnet_shapes(device, dtype, layout, shape, autotuned):
+    """Both LRN layers at batch 128, in the first configuration and in the one the autotuners
+    pick."""
     if device != "cuda":
         pytest.skip("needs CUDA (full AlexNet shapes)")
     x = _layout(torch.relu(torch.randn(shape, device=device) * 30).to(dtype), layout)
-    _check(x, **ALEXNET)
+    configs = kernels._CONFIGS if autotuned else kernels._CONFIGS[:1]
+    with kernel_configs(kernels._lrn_fwd_kernel, configs), \
+            kernel_configs(kernels._lrn_bwd_kernel, configs):
+        _check(x, **ALEXNET)
 
 
 def test_int32_overflow(device):
@@ -315,3 +364,75 @@ def test_int32_overflow(device):
         ref = F.local_response_norm(x[-2:].double(), **ALEXNET)
         torch.testing.assert_close(y[-2:], ref.to(x.dtype), **tolerance(x.dtype))
         del x, y
+
+
+# ---------------------------------------------------------------------------------------------
+# every configuration the autotuners can pick
+# ---------------------------------------------------------------------------------------------
+def _pickable():
+    """(configuration, channels_last) pairs: every configuration the prune keeps in each row
+    order."""
+    return [(config, channels_last) for channels_last in (False, True)
+            for config in kernels._prune(kernels._CONFIGS, {}, CHANNELS_LAST=channels_last)]
+
+
+def _config_input(config, channels_last, dtype, device):
+    """An input whose tiles leave remainders in every dim: a channel count that is not a
+    multiple of the row width V (32 channels, or 16 bytes channels-last) and a row count
+    above BLOCK_R that is not a multiple of it."""
+    block_r = config.kwargs["BLOCK_R"]
+    if not channels_last:  # rows: spatial positions of one image (C * S apart: no folding)
+        return torch.randn(2, 40, block_r + 3, device=device).to(dtype) * 3
+    v = 16 // dtype.itemsize
+    groups = 3
+    side = 1  # rows: 2 images x side^2 positions x 3 channel groups (odd x 6, folded)
+    while 6 * side * side <= block_r:
+        side += 2
+    x = torch.randn(2, groups * v - 2, side, side, device=device).to(dtype) * 3
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("config, channels_last", _pickable(),
+                         ids=[f"{config_id(c)}-{'cl' if cl else 'nchw'}" for c, cl in _pickable()])
+def test_every_config(device, config, channels_last, dtype):
+    x = _config_input(config, channels_last, dtype, device)
+    with kernel_configs(kernels._lrn_fwd_kernel, [config]), \
+            kernel_configs(kernels._lrn_bwd_kernel, [config]):
+        _check(x, **ALEXNET)
+
+
+# ---------------------------------------------------------------------------------------------
+# randomized parity
+# ---------------------------------------------------------------------------------------------
+_LAYOUTS = ["contiguous", "channels_last", "channel_slice", "spatial_transposed", "batch_minor",
+            "expanded"]
+
+
+@st.composite
+def _lrn_cases(draw):
+    """An LRN call torch accepts: a 3-D to 5-D input, any window size (also wider than C), a
+    layout, a dtype, and constants that keep the normaliser positive (k > 0, alpha > 0)."""
+    dims = draw(st.integers(3, 5))
+    c = draw(st.integers(1, 40))
+    spatial = [draw(st.integers(1, 4)) for _ in range(dims - 2)]
+    shape = (draw(st.integers(0, 2)), c, *spatial)
+    layouts = [name for name in _LAYOUTS if name != "channels_last" or dims > 3]
+    layout = draw(st.sampled_from(layouts))
+    if layout == "spatial_transposed" and dims == 3:
+        layout = "contiguous"
+    size = draw(st.integers(1, c + 2))
+    alpha = draw(st.floats(1e-4, 0.5))
+    beta = draw(st.sampled_from([0.75, 0.0, 1.0, 2.0]) | st.floats(0.05, 2.0))
+    k = draw(st.floats(0.5, 3.0))
+    dtype = draw(st.sampled_from([torch.float32, torch.float16, torch.bfloat16, torch.float64]))
+    return shape, layout, dtype, size, alpha, beta, k, draw(st.integers(0, 2**31))
+
+
+@settings(max_examples=100)
+@given(case=_lrn_cases())
+def test_random_arguments_match_torch(device, case):
+    shape, layout, dtype, size, alpha, beta, k, seed = case
+    torch.manual_seed(seed)
+    x = _layout(torch.randn(shape, device=device).to(dtype) * 2, layout)
+    _check(x, size, alpha=alpha, beta=beta, k=k)

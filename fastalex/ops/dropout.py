@@ -8,7 +8,7 @@ the seed and each element's logical index alone (see ``kernels/dropout.py``).
 
 import torch
 
-from fastalex.backend import uses_triton
+from fastalex.backend import reference_dtype, uses_triton
 from fastalex.kernels.dropout import (
     dropout_backward,
     dropout_forward,
@@ -54,20 +54,36 @@ class DropoutFunction(torch.autograd.Function):
         return _backward(dy, seed, ctx.p), None, None
 
 
-def dropout(input, p=0.5, training=True, inplace=False):
+def dropout_arguments(p, training, inplace) -> float:
+    """Every check of the arguments besides the input (the layer runs them at construction):
+    ``p`` a number in [0, 1], ``training`` and ``inplace`` bools; returns ``p`` as a float."""
+    p = check_probability("p", p)
+    for name, value in (("training", training), ("inplace", inplace)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be a bool, got {value!r}")
+    return p
+
+
+def _reference(input, p, inplace):
+    """torch's dropout in a dtype it has a kernel for, the result rounded back once."""
+    dtype = reference_dtype(input)
+    if dtype == input.dtype:
+        return torch.nn.functional.dropout(input, p, True, inplace)
+    out = torch.nn.functional.dropout(input.to(dtype), p, True, False).to(input.dtype)
+    return input.copy_(out) if inplace else out
+
+
+def dropout(input: torch.Tensor, p: float = 0.5, training: bool = True,
+            inplace: bool = False) -> torch.Tensor:
     """``torch.nn.functional.dropout``'s semantics (inverted dropout, identity in eval; p=0
     returns ``input`` itself, as torch does), except that dropped NaN/Inf units give 0 and the
     backward regenerates the mask instead of reading a stored one."""
     check_tensor("input", input)
-    p = check_probability("p", p)
-    if not isinstance(training, bool):
-        raise TypeError(f"training must be a bool, got {training!r}")
-    if not isinstance(inplace, bool):
-        raise TypeError(f"inplace must be a bool, got {inplace!r}")
+    p = dropout_arguments(p, training, inplace)
     if not training or p == 0.0 or input.numel() == 0:
         return input  # torch's dropout returns its input unchanged in these cases too
     if not uses_triton(input):
-        return torch.nn.functional.dropout(input, p, True, inplace)
+        return _reference(input, p, inplace)
     if inplace:
         _check_writable(input)
     return DropoutFunction.apply(input, p, inplace)

@@ -8,14 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from fastalex.backend import uses_triton
+from fastalex.backend import reference_dtype, uses_triton
+from fastalex.kernels.lrn import flattenable, lrn_backward, lrn_forward
 from fastalex.ops._checks import check_int, check_number, check_tensor
 from fastalex.ops._registry import kernel_op
-
-try:
-    from fastalex.kernels.lrn import flattenable, lrn_backward, lrn_forward
-except ImportError:  # no triton on this platform: lrn() uses the PyTorch reference
-    lrn_forward = lrn_backward = None
 
 
 def _fake_output(x: torch.Tensor) -> torch.Tensor:
@@ -32,9 +28,8 @@ def _fake_backward(x, grad_out, size, alpha, beta, k):
     return _fake_output(x)
 
 
-if lrn_forward is not None:
-    _forward = kernel_op("lrn_forward", lrn_forward, _fake_forward)
-    _backward = kernel_op("lrn_backward", lrn_backward, _fake_backward)
+_forward = kernel_op("lrn_forward", lrn_forward, _fake_forward)
+_backward = kernel_op("lrn_backward", lrn_backward, _fake_backward)
 
 
 class LRNFunction(torch.autograd.Function):
@@ -54,20 +49,30 @@ class LRNFunction(torch.autograd.Function):
         return _backward(x, grad_out, *ctx.params), None, None, None, None
 
 
-def lrn(input: torch.Tensor, size: int, alpha: float = 1e-4, beta: float = 0.75,
+def lrn_arguments(size, alpha, beta, k) -> tuple:
+    """Every check of the arguments besides the input (the layer runs them at construction):
+    ``size`` an int >= 1, the others finite numbers; returns them with floats as floats."""
+    check_int("size", size, minimum=1)
+    return size, check_number("alpha", alpha), check_number("beta", beta), check_number("k", k)
+
+
+def lrn(input: torch.Tensor, size: int, alpha: float = 0.0001, beta: float = 0.75,
         k: float = 1.0) -> torch.Tensor:
     """``torch.nn.functional.local_response_norm(input, size, alpha, beta, k)``:
     ``input / (k + alpha / size * sum of squares over size channels) ** beta``, the window
     zero-padded with size // 2 channels before and (size - 1) // 2 after. ``input`` has 3 or
     more dims (N, C, *spatial), any strides; the result keeps a dense input's strides."""
     check_tensor("input", input, min_dim=3)
-    check_int("size", size, minimum=1)
-    alpha = check_number("alpha", alpha)
-    beta = check_number("beta", beta)
-    k = check_number("k", k)
+    size, alpha, beta, k = lrn_arguments(size, alpha, beta, k)
     if not uses_triton(input):
-        return F.local_response_norm(input, size, alpha, beta, k)
+        # torch views 4+-D squares as (N, 1, C, D2, -1), which needs the dims after D2 to
+        # merge: other layouts go in as a contiguous copy
+        x = flattenable(input) if input.dim() > 4 else input
+        dtype = reference_dtype(x)
+        return F.local_response_norm(x.to(dtype), size, alpha, beta, k).to(input.dtype)
     return LRNFunction.apply(input, size, alpha, beta, k)
 
 
-__all__ = ["LRNFunction", "lrn"]
+local_response_norm = lrn
+
+__all__ = ["LRNFunction", "local_response_norm", "lrn", "lrn_arguments"]
