@@ -24,6 +24,7 @@ sm_90's 227 KB per block; 2 if the drive captured none of a kernel family it mus
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -253,6 +254,24 @@ def _cuobjdump(cubin_path, flag):
 
 
 def inspect_cubin(cubin: bytes, workdir: str, tag: str) -> dict:
+    """:func:`_inspect`, kept per binary beside Triton's cache (disassembly is most of a warm
+    run's time)."""
+    stats_dir = os.path.join(os.environ.get("TRITON_CACHE_DIR", workdir), "compile_check")
+    path = os.path.join(stats_dir, hashlib.sha256(cubin).hexdigest() + ".json")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        pass
+    stats = _inspect(cubin, workdir, tag)
+    os.makedirs(stats_dir, exist_ok=True)
+    with open(f"{path}.{os.getpid()}", "w") as f:
+        json.dump(stats, f)
+    os.replace(f"{path}.{os.getpid()}", path)
+    return stats
+
+
+def _inspect(cubin: bytes, workdir: str, tag: str) -> dict:
     """Registers, stack frame bytes (spills: Triton's kernels have no other local memory),
     spill instructions, tensor-core family and asynchronous-copy use, read from the binary."""
     path = os.path.join(workdir, f"{tag}.cubin")
