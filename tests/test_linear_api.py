@@ -173,12 +173,24 @@ def test_zero_size_and_batched(device, batch, k, n):
     _parity(device, torch.float32, batch, k, n, ("sliced", "transposed", "sliced"), relu=True)
 
 
-def test_batched_input_transposed_across_batch_dims(device):
-    """A 3-D input whose batch dims are permuted: no view flattens it, the op copies."""
+@pytest.mark.parametrize("layout", ["permuted-batch", "channels-last"])
+def test_batched_inputs_that_no_view_flattens(device, layout):
+    """A 3-D input with permuted batch dims, a 4-D channels-last one (the last dim, W, is not
+    the contiguous one): the op copies them into a matrix, forward and backward as torch."""
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(4, 3, 10, generator=g).to(device).permute(1, 0, 2)
-    w = torch.randn(6, 10, generator=g).to(device)
-    torch.testing.assert_close(linear(x, w), F.linear(x, w), **tolerance(torch.float32))
+    if layout == "permuted-batch":
+        x = torch.randn(4, 3, 10, generator=g).to(device).permute(1, 0, 2)
+    else:
+        x = torch.randn(2, 5, 3, 10, generator=g).to(device, memory_format=torch.channels_last)
+    x.requires_grad_()
+    w = torch.randn(6, 10, generator=g).to(device).requires_grad_()
+    dy = torch.randn(*x.shape[:-1], 6, generator=g).to(device)
+    y = linear_relu(x, w)
+    got = torch.autograd.grad(y, (x, w), dy)
+    want = torch.autograd.grad(F.relu(F.linear(x, w)), (x, w), dy)
+    torch.testing.assert_close(y, F.relu(F.linear(x, w)), **tolerance(torch.float32))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, **tolerance(torch.float32))
 
 
 # --- randomized parity ---------------------------------------------------------------------------
