@@ -1,13 +1,15 @@
-"""AlexNet's fully-connected layers at batch 128 (PERF.md): fc6 and fc7 as linear + bias + ReLU +
-dropout(0.5) in training, fc8 as a plain linear. fastalex's fused GEMM (one kernel forward; two
-backward, the mask taken from the saved output) against eager ``F.dropout(F.relu(F.linear(...)))``
-(cuBLAS, then two elementwise kernels and a stored bool mask) and torch.compile of the same,
-forward and forward+backward (gradients of input, weight and bias, as inside the network), in
-fp32 with IEEE arithmetic, TF32 and bf16.
+"""AlexNet's fully-connected layers at batch 128: fc6 and fc7 as linear + bias + ReLU +
+dropout(0.5) in training, fc8 as a plain linear. fastalex's fused GEMM (one GEMM forward, two
+backward with the mask taken from the saved output; a split-K GEMM also clears its counters)
+against eager ``F.dropout(F.relu(F.linear(...)))`` (cuBLAS, then two elementwise kernels and a
+stored bool mask) and torch.compile of the same, forward and forward+backward (gradients of
+input, weight and bias, as inside the network), in fp32 with IEEE arithmetic, TF32 and bf16.
 
-nbytes is the floor: forward reads x, W and b and writes y; backward reads dy, W, x (and the
-output for the ReLU/dropout mask) and writes dx, dW and db. At M = 128 the layers are
-weight-bandwidth-bound (fc6's weight alone is 75 MB in bf16). flops counts 2*M*N*K per product.
+nbytes is the floor (docs/kernels/linear.md): forward reads x, W and b and writes y; backward
+reads dy, W, x (and the output for the ReLU/dropout mask) and writes dx, dW and db. At M = 128
+the layers are weight-bandwidth-bound (fc6's weight alone is 75 MB in bf16). flops counts
+2*M*N*K per product. The split-K workspace (fp32 partial tiles, written once and read once)
+is not in nbytes: it is what filling the GPU costs, not part of the layer's floor.
 """
 
 import pytest

@@ -82,20 +82,23 @@ class Conv2dReLU(Conv2d):
 
 
 class Linear(nn.Linear):
-    """``torch.nn.Linear`` on fastalex's GEMM kernel with the bias fused in the epilogue."""
+    """Drop-in for ``torch.nn.Linear(in_features, out_features, bias=True, device=None,
+    dtype=None)`` on fastalex's GEMM kernel, with the bias fused in its epilogue."""
 
     def forward(self, input):
         return F.linear(input, self.weight, self.bias)
 
 
 class LinearReLU(nn.Linear):
-    """Linear + bias + ReLU (+ dropout with probability ``p`` in training) in one GEMM;
-    parameters and state_dict as ``nn.Linear``'s."""
+    """fastalex's extension of ``torch.nn.Linear``: linear + bias + ReLU (+ inverted dropout
+    with probability ``p`` in training) in one GEMM. ``nn.Linear``'s arguments in its order,
+    then the keyword-only ``p``; parameters and state_dict as ``nn.Linear``'s."""
 
-    def __init__(self, in_features, out_features, bias=True, p=0.0, device=None, dtype=None):
-        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
+    def __init__(self, in_features, out_features, bias=True, device=None, dtype=None, *,
+                 p=0.0):
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
             raise ValueError(f"p must be a number in [0, 1], got {p!r}")
+        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
         self.p = float(p)
 
     def forward(self, input):

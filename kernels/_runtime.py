@@ -21,8 +21,44 @@ AUTOTUNE = not INTERPRET and os.environ.get("FASTALEX_AUTOTUNE", "1") != "0"
 
 
 def autotune(configs, key, **kwargs):
-    """``triton.autotune`` over ``configs``, or over ``configs[0]`` alone when not tuning."""
-    return triton.autotune(configs=list(configs) if AUTOTUNE else list(configs[:1]), key=key, **kwargs)
+    """``triton.autotune`` over ``configs``, or over ``configs[0]`` alone when not tuning.
+
+    The kernel keeps the whole list as ``all_configs`` (what a GPU's autotuner may pick), so
+    that tests can run each one through :func:`pinned_config`.
+    """
+    tune = triton.autotune(configs=list(configs) if AUTOTUNE else list(configs[:1]), key=key,
+                           **kwargs)
+
+    def decorate(fn):
+        kernel = tune(fn)
+        kernel.all_configs = list(configs)
+        return kernel
+
+    return decorate
+
+
+@contextlib.contextmanager
+def pinned_configs(kernel, configs):
+    """Inside the block, ``kernel`` (made by :func:`autotune`) chooses among ``configs`` only,
+    whatever ``AUTOTUNE`` says: one configuration runs without benchmarking or pruning, several
+    are tuned as on a GPU (``kernel.all_configs``: autotuning on). Launchers that size buffers
+    from ``kernel.configs`` see the same list. Not thread-safe: for tests.
+
+        for config in kernel.all_configs:
+            with pinned_config(kernel, config):
+                check(...)
+    """
+    saved = kernel.configs, kernel.cache
+    kernel.configs, kernel.cache = list(configs), {}
+    try:
+        yield kernel
+    finally:
+        kernel.configs, kernel.cache = saved
+
+
+def pinned_config(kernel, config):
+    """:func:`pinned_configs` with one configuration: every launch inside the block runs it."""
+    return pinned_configs(kernel, [config])
 
 
 _poison = os.environ.get("FASTALEX_POISON", "0") == "1"

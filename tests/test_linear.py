@@ -5,13 +5,15 @@ tilings, odd sizes, 3-D and strided inputs, empty batches, no bias, NaN, p=0/p=1
 gradcheck, autocast, errors and torch.compile; on CUDA also fc6/fc7/fc8 at batch 128 in fp32
 (IEEE and TF32), fp16 and bf16."""
 
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
 from helpers import tolerance
 
 from fastalex.kernels import linear as linear_kernels
-from fastalex.kernels._runtime import INTERPRET
+from fastalex.kernels._runtime import INTERPRET, pinned_configs
 from fastalex.kernels.dropout import dropout_forward
 from fastalex.ops._rng import philox_seed
 from fastalex.ops.linear import linear, linear_relu
@@ -122,15 +124,15 @@ def test_split_k_is_exercised():
     """The tilings correctness runs use (configs[0]) split the reductions the tests above
     split: both paths of the kernel are covered."""
     for dtype in DTYPES:
-        cls = linear_kernels._operand_class(dtype)
+        cls = linear_kernels.operand_class(dtype)
         cfg = linear_kernels.CONFIGS[("fwd", cls)][0].kwargs
-        split = linear_kernels._split_for(3, 150, 1100, cfg["BLOCK_M"], cfg["BLOCK_N"],
+        split = linear_kernels.split_for(3, 150, 1100, cfg["BLOCK_M"], cfg["BLOCK_N"],
                                           cfg["BLOCK_K"], dtype.itemsize, 132, False)
         assert split > 1
         dgrad = linear_kernels.CONFIGS[("dgrad", cls)][0].kwargs
-        assert linear_kernels._split_for(3, 1100, 150, dgrad["BLOCK_M"], dgrad["BLOCK_N"],
+        assert linear_kernels.split_for(3, 1100, 150, dgrad["BLOCK_M"], dgrad["BLOCK_N"],
                                          dgrad["BLOCK_K"], dtype.itemsize, 132, False) == 1
-        assert linear_kernels._split_for(3, 37, 29, cfg["BLOCK_M"], cfg["BLOCK_N"],
+        assert linear_kernels.split_for(3, 37, 29, cfg["BLOCK_M"], cfg["BLOCK_N"],
                                          cfg["BLOCK_K"], dtype.itemsize, 132, False) == 1
 
 
@@ -421,9 +423,24 @@ FULL_PRECISIONS = {
 
 
 @pytest.mark.skipif(not CUDA, reason="needs CUDA (full fc shapes at batch 128)")
+@pytest.mark.parametrize("tuning", ["default-config", "autotuned"])
 @pytest.mark.parametrize("precision", list(FULL_PRECISIONS))
 @pytest.mark.parametrize("layer", list(FC_LAYERS))
-def test_alexnet_fc_layers_full_size(layer, precision):
+def test_alexnet_fc_layers_full_size(layer, precision, tuning):
+    """fc6/fc7/fc8 forward and backward at batch 128 against float64 torch, with the default
+    configurations and once with every configuration tuned as a GPU run does (the one that
+    wins is the one the network will use)."""
+    dtype = FULL_PRECISIONS[precision][0]
+    kernels = [linear_kernels.GEMMS[(product, linear_kernels.operand_class(dtype))]
+               for product in ("fwd", "dgrad", "wgrad")]
+    with contextlib.ExitStack() as stack:
+        if tuning == "autotuned":
+            for kernel in kernels:
+                stack.enter_context(pinned_configs(kernel, kernel.all_configs))
+        _check_full_size(layer, precision)
+
+
+def _check_full_size(layer, precision):
     k, n, p, seed = FC_LAYERS[layer]
     dtype, tf32, rel = FULL_PRECISIONS[precision]
     x, w, b = _inputs(128, k, n, seed=seed)

@@ -2,6 +2,8 @@
 
 import torch
 
+from fastalex.ops._autocast import autocast_enabled
+
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -71,7 +73,7 @@ def check_probability(name: str, p) -> float:
 def check_parameters(input: torch.Tensor, weight: torch.Tensor, bias) -> None:
     """``weight`` and ``bias`` (optional) must be on ``input``'s device, and of its dtype unless
     autocast is on for that device (the op then casts them, as ``F.conv2d``/``F.linear`` do)."""
-    mixed_ok = torch.is_autocast_enabled(input.device.type)
+    mixed_ok = autocast_enabled(input.device.type)
     for name, t in (("weight", weight), ("bias", bias)):
         if t is None:
             continue

@@ -6,24 +6,15 @@ and dropout in the GEMM's epilogue (``kernels/linear.py``); dropout only when ``
 generator), element (m, n) of the [M, N] output is kept iff ``dropout_keep(seed, m * N + n, p)``,
 as ``fastalex.functional.dropout`` decides for a contiguous [M, N] tensor.
 
-The backward takes the mask from the saved output z instead of regenerating it from the seed:
-``z > 0`` exactly where the unit was kept *and* ReLU passed it, because a kept unit is
-``relu(h) / (1 - p)`` (positive iff its ReLU input was, rounding aside) and a dropped one is 0.
-The backward needs ReLU's mask anyway, which only z can give (the pre-activation is not kept),
-so ``where(z > 0, dy / (1 - p), 0)`` is the whole ``dh``; regenerating the keep mask would cost
-one Philox evaluation (~65 instructions per element in the sm_90 code) for every element of dh
-each backward GEMM loads, and grad-weight loads each dh tile once per column block of W (72
-times for fc6). The seed is therefore not saved.
-(The one place the two masks could differ is a positive pre-activation so small that the output
-dtype rounds it to 0: there the gradient is dropped, which is what torch's own ReLU does, whose
-backward also tests its rounded output.)
+The backward takes its mask from the saved output z, not from the seed: ``z > 0`` exactly where
+the unit was kept and ReLU passed it, so ``dh = where(z > 0, dy / (1 - p), 0)``, formed by the
+GEMMs as they load dy (docs/kernels/linear.md says why and where the two masks could differ).
 
 Under ``torch.autocast`` the input, weight and bias are cast to the autocast dtype as
 ``F.linear`` does; fp32 follows ``torch.backends.cuda.matmul.allow_tf32``.
 """
 
 import math
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -78,7 +69,6 @@ class LinearFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         x, weight, z = ctx.saved_tensors
-        dy = dy.contiguous()  # z's layout: the kernels read both with one set of strides
         need_dx, need_dw, need_db = ctx.needs_input_grad[:3]
         dx = dw = db = None
         if need_dx:
@@ -100,7 +90,7 @@ def _validate(input, weight, bias, p, training):
     check_tensor("input", input, min_dim=1)
     check_tensor("weight", weight, dims=(2,))
     if bias is not None:
-        check_tensor("bias", bias, dims=(1,))
+        check_tensor("bias", bias, dims=(0, 1))
     p = check_probability("p", p)
     if not isinstance(training, bool):
         raise TypeError(f"training must be a bool, got {training!r}")
@@ -109,9 +99,9 @@ def _validate(input, weight, bias, p, training):
     if input.shape[-1] != in_features:
         raise ValueError(f"input's last dimension {input.shape[-1]} must equal in_features = "
                          f"weight.shape[1] = {in_features} (input shape {tuple(input.shape)})")
-    if bias is not None and tuple(bias.shape) != (out_features,):
-        raise ValueError(f"bias must have shape ({out_features},) (weight.shape[0]), got "
-                         f"{tuple(bias.shape)}")
+    if bias is not None and tuple(bias.shape) not in ((out_features,), (1,), ()):
+        raise ValueError(f"bias must have shape ({out_features},) (weight.shape[0]), or () or "
+                         f"(1,) to broadcast, got {tuple(bias.shape)}")
     return p
 
 
@@ -124,6 +114,8 @@ def _linear(input, weight, bias, relu, p, training):
             y = F.relu(y)
         return F.dropout(y, p, True) if dropout else y
     input, weight, bias = autocast_cast(input.device.type, input, weight, bias)
+    if bias is not None:
+        bias = bias.expand(weight.shape[0])  # a broadcast bias reads with stride 0
     check_same("weight", weight, "input", input)
     if bias is not None:
         check_same("bias", bias, "input", input)
@@ -131,7 +123,9 @@ def _linear(input, weight, bias, relu, p, training):
     # a view where the strides allow, else a copy (-1 would be ambiguous for in_features = 0)
     x = input.reshape(math.prod(input.shape[:-1]), in_features)
     if x.stride(0) != 1 and x.stride(1) != 1:
-        x = x.contiguous()  # the kernel reads either dim contiguous, not neither
+        # the kernel reads any strides, but in vectors only along a unit-stride dim; x is read
+        # once per column block of the weight, so one copy costs less
+        x = x.contiguous()
     if x.shape[0] * out_features == 0:
         dropout = False  # nothing to drop: draw no seed
     seed = philox_seed(input.device) if dropout else None
@@ -139,14 +133,16 @@ def _linear(input, weight, bias, relu, p, training):
     return y.reshape(*input.shape[:-1], out_features)
 
 
-def linear(input, weight, bias: Optional[torch.Tensor] = None):
-    """``torch.nn.functional.linear``: ``input @ weight^T + bias`` with the bias fused into the
-    GEMM. input: [*, in_features], any strides; weight: [out_features, in_features]."""
+def linear(input, weight, bias=None):
+    """``torch.nn.functional.linear(input, weight, bias=None)``: ``input @ weight^T + bias``
+    with the bias fused into the GEMM. input: [*, in_features]; weight: [out_features,
+    in_features]; bias: [out_features]; any strides on each."""
     return _linear(input, weight, bias, relu=False, p=0.0, training=False)
 
 
-def linear_relu(input, weight, bias: Optional[torch.Tensor] = None, p=0.0, training=False):
-    """``F.dropout(F.relu(F.linear(input, weight, bias)), p, training)`` in one GEMM (bias, ReLU
+def linear_relu(input, weight, bias=None, p=0.0, training=False):
+    """fastalex's extension of ``F.linear``:
+    ``F.dropout(F.relu(F.linear(input, weight, bias)), p, training)`` in one GEMM (bias, ReLU
     and dropout in its epilogue). Dropout when ``training`` and ``p > 0``, with the dropout op's
     mask for the seed drawn from torch's generator (``torch.manual_seed`` reproduces it); no
     random number is drawn otherwise. p=1 gives exact zeros; dropped units are 0 even where the
