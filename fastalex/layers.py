@@ -7,6 +7,8 @@ Each subclasses the ``torch.nn`` module it replaces, so constructor arguments, a
 from torch import nn
 
 from fastalex import functional as F
+from fastalex.ops._checks import FLOAT_DTYPES
+from fastalex.ops.conv import conv_arguments, conv_pair
 from fastalex.ops.dropout import dropout_arguments
 from fastalex.ops.lrn import lrn_arguments
 from fastalex.ops.max_pool import pool_arguments
@@ -61,24 +63,43 @@ class Dropout(nn.Dropout):
 
 
 class Conv2d(nn.Conv2d):
-    """``torch.nn.Conv2d`` (zero padding, dilation 1) on fastalex's implicit-GEMM kernels."""
+    """Drop-in for ``torch.nn.Conv2d`` (same signature, attributes and state_dict) on fastalex's
+    implicit-GEMM kernels, bias in the epilogue. Every ``padding`` and ``padding_mode`` torch
+    takes: ``"zeros"`` pads inside the kernels; the other modes pad with ``F.pad`` first, as
+    ``nn.Conv2d`` does. Unsupported values raise ValueError here, not in ``forward``."""
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, groups=1,
-                 bias=True, device=None, dtype=None):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation=1,
-                         groups=groups, bias=bias, padding_mode="zeros", device=device,
-                         dtype=dtype)
+    _relu = False
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, bias=True, padding_mode="zeros", device=None, dtype=None):
+        if dtype is not None and dtype not in FLOAT_DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(map(str, FLOAT_DTYPES))}, got "
+                             f"{dtype}")
+        for name, channels in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if isinstance(channels, int) and channels < 1:
+                raise ValueError(f"{name} must be >= 1, got {channels}")
+        conv_pair("kernel_size", kernel_size, minimum=1)
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                         groups, bias, padding_mode, device, dtype)
+        conv_arguments(self.stride, self.padding, self.dilation, self.groups, self.kernel_size)
 
     def forward(self, input):
-        return F.conv2d(input, self.weight, self.bias, self.stride, self.padding, self.groups)
+        return self._conv_forward(input, self.weight, self.bias)
+
+    def _conv_forward(self, input, weight, bias):
+        conv = F.conv2d_relu if self._relu else F.conv2d
+        if self.padding_mode != "zeros":
+            input = nn.functional.pad(input, self._reversed_padding_repeated_twice,
+                                      mode=self.padding_mode)
+            return conv(input, weight, bias, self.stride, 0, self.dilation, self.groups)
+        return conv(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
 
 class Conv2dReLU(Conv2d):
-    """Convolution + bias + ReLU in one kernel; parameters and state_dict as ``nn.Conv2d``'s."""
+    """``Conv2d`` + ReLU in one kernel (bias and ReLU in the epilogue); signature, attributes
+    and state_dict as ``nn.Conv2d``'s."""
 
-    def forward(self, input):
-        return F.conv2d_relu(input, self.weight, self.bias, self.stride, self.padding,
-                             self.groups)
+    _relu = True
 
 
 class Linear(nn.Linear):

@@ -1,31 +1,18 @@
 """Convolution (+ bias, + ReLU) as an implicit GEMM on channels-last (NHWC) tensors.
 
-No im2col buffer is ever written: each program gathers its block of the patch matrix straight
-from the input while it runs the GEMM. Per convolution group ``g`` (grid axis), with
-``K = KH * KW * CIN_G`` ordered (kh, kw, c) like the packed weight ``[COUT, KH, KW, CIN_G]``:
+No im2col buffer is written: each program gathers its block of the patch matrix from the input
+while it runs the GEMM. Per convolution group ``g`` (grid axis), with ``K = KH * KW * CIN_G``
+ordered (kh, kw, c) like the packed weight ``[COUT, KH, KW, CIN_G]``:
 
 - forward      y[m, co]  = sum_k patch[m, k] * w[co, k]       (M = N*OH*OW rows)
 - grad-input   dx[m, ci] = sum_(kh,kw,co) dy'[out(m,kh,kw), co] * w[co, kh, kw, ci]  (M = N*H*W)
-- grad-weight  dw[co, k] = sum_m dy'[m, co] * patch[m, k], split over m for parallelism;
-  grad-bias is the same reduction of dy' alone, done by the k-block-0 programs.
+- grad-weight  dw[co, k] = sum_m dy'[m, co] * patch[m, k]: partial sums over fixed slices of
+  the rows, then a fixed-order reduce of the slices; grad-bias is the same sum of dy' alone.
 
-``dy' = dy`` where the saved output ``y > 0``, else 0: one elementwise pass
-(``_relu_grad_kernel``) before both GEMMs, except where grad-weight alone needs it and masks
-cheaper in its loop (conv1; see :func:`relu_grad_in_kernels`).
-
-Two ways to walk the reduction over (kh, kw, channel) in the forward and grad-input, picked by
-the launcher from the channel count (``_k_block``); grad-weight always walks flat:
-- TAP_TILES: the channel count is a multiple of BLOCK_K, so a K block is BLOCK_K consecutive
-  channels of one filter tap: scalar index math per block, one padding-mask bit per row.
-- flat: the K index is decomposed into (kh, kw, c) per element, with a 2-D mask. Contiguity
-  hints (runs of the largest power of two dividing the channel count) keep the gather in
-  16-byte cp.async vectors when that run is 8+ elements (conv2's 48 channels), 8-byte ones for
-  conv1's RGB padded to 4 channels (see fastalex/ops/conv.py).
-Both were checked by compiling for sm_90 offline (no GPU was available while writing this):
-cp.async loads (LDGSTS) feeding wgmma, no register spills in the tuned configurations.
-
-Filter size, stride and padding are compile-time constants (divisions by them become
-multiplications; the five AlexNet layers compile five variants).
+``dy'`` is dy where the saved ReLU output is > 0, else 0. Output row ``oh`` and tap ``kh`` read
+input row ``oh * STRIDE_H - PAD_H + kh * DIL_H``; PAD_H is the top padding (the bottom padding
+only sets OH, which is how torch's asymmetric ``padding="same"`` is expressed). The design, the
+configurations and what was measured: docs/kernels/conv.md.
 """
 
 import functools
@@ -37,8 +24,8 @@ import triton.language as tl
 from torch import Tensor
 
 from fastalex.kernels._runtime import (
-    INTERPRET, accumulator_dtype, autotune, grouped_tile, input_precision, new_empty, sm_count,
-    tl_accumulator,
+    INT32_LIMIT, INTERPRET, accumulator_dtype, autotune, grouped_tile, input_precision,
+    new_empty, sm_count, tl_accumulator,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -49,8 +36,8 @@ from fastalex.kernels._runtime import (
 @triton.jit
 def _patch_rows(x_ptr, n, ih0, iw0, g, stride_xn, stride_xh, stride_xw, CIN_G: tl.constexpr):
     """Pointers to x[n, ih0, iw0, g*CIN_G] per row (outside x where the patch starts in the
-    padding). int64: n * stride_xn passes 2^31 for large batches. Channels-last strides are
-    multiples of the channel count, hence of VEC (see _load_patches)."""
+    padding). int64: n * stride_xn passes 2^31 for large batches. The launcher passes dense
+    NHWC strides, multiples of the channel count, hence of VEC."""
     VEC: tl.constexpr = CIN_G & (-CIN_G)
     off = n.to(tl.int64) * stride_xn + ih0 * stride_xh + iw0 * stride_xw + g * CIN_G
     return x_ptr + tl.multiple_of(off, VEC)
@@ -60,24 +47,24 @@ def _patch_rows(x_ptr, n, ih0, iw0, g, stride_xn, stride_xh, stride_xw, CIN_G: t
 def _load_patches(
     # x_row: [R] pointers to x[n, ih0, iw0, g*CIN_G] of each row (possibly outside x when padded)
     x_row, ih0, iw0, row_ok,
-    # which BLOCK_K block of the patch columns, and the input's extent and strides
+    # which BLOCK_K block of the patch columns; the input's extent and strides
     kk, H, W, stride_xh, stride_xw,
-    CIN_G: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, PADDED: tl.constexpr,
-    ROW_MASK: tl.constexpr, TAP_TILES: tl.constexpr, BLOCK_K: tl.constexpr,
+    # geometry
+    CIN_G: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+    DIL_H: tl.constexpr, DIL_W: tl.constexpr,
+    # PADDED=False: every tap of every row is inside x; ROW_MASK: mask rows with row_ok
+    PADDED: tl.constexpr, ROW_MASK: tl.constexpr, TAP_TILES: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
-    """Block ``kk`` of the implicit im2col matrix: [R, BLOCK_K] with zeros for padding.
-
-    ``row_ok`` masks rows out only when ROW_MASK (callers that wrap their row indices onto
-    valid rows skip it); PADDED=False means every tap of every row is inside the input.
-    """
+    """Block ``kk`` of the implicit im2col matrix: [R, BLOCK_K], zeros for padding."""
     K: tl.constexpr = KH * KW * CIN_G
     offs_k = tl.arange(0, BLOCK_K)
     if TAP_TILES:
         # One tap (kh, kw), BLOCK_K consecutive channels: scalar index math, row-only mask.
         tap = kk // (CIN_G // BLOCK_K)
         c0 = (kk % (CIN_G // BLOCK_K)) * BLOCK_K
-        kh = tap // KW
-        kw = tap % KW
+        kh = (tap // KW) * DIL_H
+        kw = (tap % KW) * DIL_W
         ptrs = x_row[:, None] + (kh * stride_xh + kw * stride_xw + c0 + offs_k)[None, :]
         if PADDED:
             ih = ih0 + kh
@@ -91,15 +78,14 @@ def _load_patches(
         else:
             a = tl.load(ptrs)
     else:
-        # Flattened K: every column has its own (kh, kw, c).
+        # Flat K: every column has its own (kh, kw, c).
         k = kk * BLOCK_K + offs_k
-        kh = k // (KW * CIN_G)
-        kw = (k // CIN_G) % KW
+        kh = (k // (KW * CIN_G)) * DIL_H
+        kw = ((k // CIN_G) % KW) * DIL_W
         c = k % CIN_G
         # Runs of VEC columns (VEC = the largest power of two dividing both CIN_G and BLOCK_K)
-        # start at multiples of VEC and are consecutive channels of one tap; the strides are
-        # multiples of the channel count. Say so, or the gather is one 2-byte load per element
-        # with no cp.async pipelining.
+        # start at multiples of VEC and are consecutive channels of one tap, and the strides
+        # are multiples of the channel count: say so, or the gather is one load per element.
         POW2: tl.constexpr = CIN_G & (-CIN_G)
         VEC: tl.constexpr = POW2 if POW2 < BLOCK_K else BLOCK_K
         col = tl.max_contiguous(tl.multiple_of(kh * stride_xh + kw * stride_xw + c, VEC), VEC)
@@ -124,6 +110,18 @@ def _relu_grad(dy, y_ptrs, mask, RELU: tl.constexpr):
     return dy
 
 
+@triton.jit
+def _output_tap_rows(ih_p, kh, OH, STRIDE_H: tl.constexpr, DIL_H: tl.constexpr):
+    """(oh, ok) for grad-input: input row ``ih_p - PAD_H`` receives tap ``kh`` from output row
+    oh = (ih_p - kh * DIL_H) / STRIDE_H when that is a whole number in [0, OH)."""
+    oh_s = ih_p - kh * DIL_H
+    if STRIDE_H == 1:
+        ok = (oh_s >= 0) & (oh_s < OH)
+    else:
+        ok = (oh_s >= 0) & (oh_s % STRIDE_H == 0) & (oh_s < OH * STRIDE_H)
+    return oh_s // STRIDE_H, ok
+
+
 # ---------------------------------------------------------------------------------------------
 # Forward
 # ---------------------------------------------------------------------------------------------
@@ -131,16 +129,17 @@ def _relu_grad(dy, y_ptrs, mask, RELU: tl.constexpr):
 
 @triton.jit
 def _conv_fwd_kernel(
-    # x: [N, H, W, C] (channels-last: strides H*W*C, W*C, C, 1); w: [COUT, KH, KW, CIN_G]
-    # contiguous; b: [COUT] (unused unless HAS_BIAS); y: [N, OH, OW, COUT] contiguous
+    # x: [N, H, W, C] dense NHWC; w: [COUT, KH, KW, CIN_G] contiguous; b: [COUT] with stride
+    # stride_bc (unused unless HAS_BIAS); y: [N, OH, OW, COUT] contiguous
     x_ptr, w_ptr, b_ptr, y_ptr,
-    # input extent and strides (elements)
-    H, W, stride_xn, stride_xh, stride_xw,
-    # GEMM rows M = N*OH*OW; output extent; channels per group on the GEMM's N side
+    # input extent and strides (elements); the bias's stride
+    H, W, stride_xn, stride_xh, stride_xw, stride_bc,
+    # GEMM rows M = N*OH*OW; output extent; output channels per group (the GEMM's N)
     M, OH, OW, COUT, COUT_G,
-    # convolution geometry
+    # convolution geometry (PAD_H/PAD_W: top/left; PADDED: any side padded)
     CIN_G: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr, PAD_H: tl.constexpr, PAD_W: tl.constexpr,
+    DIL_H: tl.constexpr, DIL_W: tl.constexpr, PADDED: tl.constexpr,
     # epilogue and arithmetic
     HAS_BIAS: tl.constexpr, RELU: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
@@ -171,7 +170,7 @@ def _conv_fwd_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     for kk in range(0, (K + BLOCK_K - 1) // BLOCK_K):
         a = _load_patches(x_row, ih0, iw0, None, kk, H, W, stride_xh, stride_xw,
-                          CIN_G, KH, KW, PAD_H + PAD_W > 0, False, TAP_TILES, BLOCK_K)
+                          CIN_G, KH, KW, DIL_H, DIL_W, PADDED, False, TAP_TILES, BLOCK_K)
         k = kk * BLOCK_K + offs_k
         if TAP_TILES:
             b = tl.load(w_col[None, :] + k[:, None])
@@ -181,7 +180,7 @@ def _conv_fwd_kernel(
 
     # Epilogue on the fp32 (fp64) accumulator: bias, ReLU (NaN kept, as torch's), one rounding.
     if HAS_BIAS:
-        acc += tl.load(b_ptr + g * COUT_G + co).to(ACC_DTYPE)[None, :]
+        acc += tl.load(b_ptr + (g * COUT_G + co) * stride_bc).to(ACC_DTYPE)[None, :]
     if RELU:
         acc = tl.where(acc < 0, tl.zeros_like(acc), acc)
     y_ptrs = y_ptr + offs_m.to(tl.int64)[:, None] * COUT + (g * COUT_G + offs_n)[None, :]
@@ -196,25 +195,24 @@ def _conv_fwd_kernel(
 
 @triton.jit
 def _conv_dgrad_kernel(
-    # dy: [N, OH, OW, COUT] contiguous, ReLU mask already applied (see relu_grad_in_kernels);
-    # w: [COUT, KH, KW, CIN_G] contiguous; dx: [N, H, W, CIN] contiguous
+    # dy: [N, OH, OW, COUT] contiguous, ReLU mask already applied; w: [COUT, KH, KW, CIN_G]
+    # contiguous; dx: [N, H, W, CIN] contiguous
     dy_ptr, w_ptr, dx_ptr,
     # GEMM rows M = N*H*W (input positions); input extent; output extent
     M, H, W, CIN, OH, OW, COUT,
-    # convolution geometry (COUT_G is the reduction's channel count here)
+    # convolution geometry (COUT_G is this GEMM's reduction channel count; PAD_H/W top/left)
     CIN_G: tl.constexpr, COUT_G: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr, PAD_H: tl.constexpr, PAD_W: tl.constexpr,
+    DIL_H: tl.constexpr, DIL_W: tl.constexpr,
     # arithmetic
     INPUT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
     # tiling
     TAP_TILES: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr,
 ):
-    """dx for one [BLOCK_M, BLOCK_N] tile: a transposed convolution of dy' by w, as a GEMM over
-    (kh, kw, co). Input position ih receives from output oh = (ih + PAD_H - kh) / STRIDE_H when
-    that is a whole number in range; with a stride > 1 the other taps are masked, so the GEMM
-    does STRIDE_H * STRIDE_W times the useful work (AlexNet never asks: conv1, the only strided
-    layer, needs no grad-input)."""
+    """dx for one [BLOCK_M, BLOCK_N] tile: the transposed convolution of dy' by w as a GEMM over
+    (kh, kw, co). Taps that land between output rows (stride > 1) are masked, so the GEMM does
+    STRIDE_H * STRIDE_W times the useful work."""
     KTOT: tl.constexpr = KH * KW * CIN_G  # row length of the packed weight
     KD: tl.constexpr = KH * KW * COUT_G  # this GEMM's reduction length
     pid = tl.program_id(0)
@@ -228,7 +226,7 @@ def _conv_dgrad_kernel(
     ci = offs_n % CIN_G
     n = m // (H * W)
     ihw = m % (H * W)
-    ih_p = ihw // W + PAD_H  # ih + PAD_H: output row oh*STRIDE_H + kh
+    ih_p = ihw // W + PAD_H  # ih + PAD_H = oh * STRIDE_H + kh * DIL_H
     iw_p = ihw % W + PAD_W
     dy_row = n.to(tl.int64) * (OH * OW * COUT) + g * COUT_G
     w_base = w_ptr + g * COUT_G * KTOT + ci  # [BLOCK_N]
@@ -236,42 +234,23 @@ def _conv_dgrad_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     for kk in range(0, (KD + BLOCK_K - 1) // BLOCK_K):
         if TAP_TILES:
+            # One tap, BLOCK_K consecutive output channels: one row mask.
             tap = kk // (COUT_G // BLOCK_K)
             c = (kk % (COUT_G // BLOCK_K)) * BLOCK_K + offs_k
-            kh = tap // KW
-            kw = tap % KW
-            oh_s = ih_p - kh
-            ow_s = iw_p - kw
-            if STRIDE_H == 1:
-                ok = (oh_s >= 0) & (oh_s < OH)
-            else:
-                ok = (oh_s >= 0) & (oh_s % STRIDE_H == 0) & (oh_s < OH * STRIDE_H)
-            if STRIDE_W == 1:
-                ok = ok & (ow_s >= 0) & (ow_s < OW)
-            else:
-                ok = ok & (ow_s >= 0) & (ow_s % STRIDE_W == 0) & (ow_s < OW * STRIDE_W)
-            pos = (oh_s // STRIDE_H) * OW + ow_s // STRIDE_W
-            offs = dy_row[:, None] + (pos * COUT)[:, None] + c[None, :]
-            ok = ok[:, None]
-            w_ptrs = w_base[None, :] + (c * KTOT)[:, None] + tap * CIN_G
-            b = tl.load(w_ptrs)
+            oh, ok_h = _output_tap_rows(ih_p, tap // KW, OH, STRIDE_H, DIL_H)
+            ow, ok_w = _output_tap_rows(iw_p, tap % KW, OW, STRIDE_W, DIL_W)
+            offs = dy_row[:, None] + ((oh * OW + ow) * COUT)[:, None] + c[None, :]
+            ok = (ok_h & ok_w)[:, None]
+            b = tl.load(w_base[None, :] + (c * KTOT)[:, None] + tap * CIN_G)
         else:
+            # Flat: every column has its own (tap, co).
             k = kk * BLOCK_K + offs_k
             tap = k // COUT_G
             c = k % COUT_G
-            oh_s = ih_p[:, None] - (tap // KW)[None, :]
-            ow_s = iw_p[:, None] - (tap % KW)[None, :]
-            ok = (k < KD)[None, :] & (oh_s >= 0) & (ow_s >= 0)
-            if STRIDE_H == 1:
-                ok = ok & (oh_s < OH)
-            else:
-                ok = ok & (oh_s % STRIDE_H == 0) & (oh_s < OH * STRIDE_H)
-            if STRIDE_W == 1:
-                ok = ok & (ow_s < OW)
-            else:
-                ok = ok & (ow_s % STRIDE_W == 0) & (ow_s < OW * STRIDE_W)
-            pos = (oh_s // STRIDE_H) * OW + ow_s // STRIDE_W
-            offs = dy_row[:, None] + pos * COUT + c[None, :]
+            oh, ok_h = _output_tap_rows(ih_p[:, None], (tap // KW)[None, :], OH, STRIDE_H, DIL_H)
+            ow, ok_w = _output_tap_rows(iw_p[:, None], (tap % KW)[None, :], OW, STRIDE_W, DIL_W)
+            offs = dy_row[:, None] + (oh * OW + ow) * COUT + c[None, :]
+            ok = (k < KD)[None, :] & ok_h & ok_w
             w_ptrs = w_base[None, :] + (c * KTOT + tap * CIN_G)[:, None]
             b = tl.load(w_ptrs, mask=(k < KD)[:, None], other=0.0)
         a = tl.load(dy_ptr + offs, mask=ok, other=0.0)
@@ -289,25 +268,24 @@ def _conv_dgrad_kernel(
 
 @triton.jit
 def _conv_wgrad_kernel(
-    # x: [N, H, W, C] (channels-last strides); dy, y: [N, OH, OW, COUT] contiguous (y only when
-    # RELU); part: [SPLIT, COUT * KTOT + COUT] fp32 (fp64) partial sums: dw as [COUT, KTOT],
-    # then db
+    # x: [N, H, W, C] dense NHWC; dy, y: [N, OH, OW, COUT] contiguous (y only when RELU);
+    # part: [SPLIT, COUT * KTOT + COUT] fp32 (fp64) partial sums: dw as [COUT, KTOT], then db
     x_ptr, dy_ptr, y_ptr, part_ptr,
     # input extent and strides (elements)
     H, W, stride_xn, stride_xh, stride_xw,
-    # reduction rows M = N*OH*OW, cut into as many slices as grid axis 1 has (each a multiple
-    # of SPLIT_ALIGN rows, as wgrad_split computes); output channels
-    M, COUT, COUT_G, SPLIT_ALIGN: tl.constexpr,
+    # reduction rows M = N*OH*OW: grid axis 1 runs one slice of SLICE_ROWS rows each (the last
+    # one shorter); output channels
+    M, SLICE_ROWS, COUT, COUT_G,
     # convolution geometry (OH, OW compile-time: the row decomposition runs every iteration)
     OH: tl.constexpr, OW: tl.constexpr,
     CIN_G: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr, PAD_H: tl.constexpr, PAD_W: tl.constexpr,
+    DIL_H: tl.constexpr, DIL_W: tl.constexpr, PADDED: tl.constexpr,
     # what to compute
     HAS_BIAS: tl.constexpr, RELU: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
-    # tiling: output tile [BLOCK_CO, BLOCK_K], reduction step BLOCK_R rows. K is always walked
-    # flat: with the contiguity hints a block inside one tap compiles to the same code as a
-    # tap tile (checked in sm_90 SASS), and a 256-wide block may span taps (conv4: 192).
+    # tiling: output tile [BLOCK_CO, BLOCK_K], reduction step BLOCK_R rows; K is walked flat
+    # (a block may span taps)
     BLOCK_CO: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
     """Partial dw[co, k] (and db[co]) over one slice of the M rows: dy'^T @ patches."""
@@ -321,14 +299,13 @@ def _conv_wgrad_kernel(
 
     offs_co = pid_co * BLOCK_CO + tl.arange(0, BLOCK_CO)
     dy_col = g * COUT_G + offs_co % COUT_G  # wrapped: columns past COUT_G are never stored
-    m_per_split = tl.cdiv(tl.cdiv(M, tl.num_programs(1)), SPLIT_ALIGN) * SPLIT_ALIGN
-    m_start = split * m_per_split
-    m_end = min(m_start + m_per_split, M)
+    m_start = split * SLICE_ROWS
+    m_end = min(m_start + SLICE_ROWS, M)
 
     acc = tl.zeros((BLOCK_CO, BLOCK_K), dtype=ACC_DTYPE)
-    # grad-bias: row sums of dy'^T. For 16-bit inputs as a product with a ones block on the
-    # tensor cores (exact: x * 1 in fp32), which costs far fewer instructions than a reduction
-    # across threads in this loop; fp32/fp64 sum directly (a TF32 product would round dy').
+    # grad-bias: row sums of dy'^T. 16-bit inputs: a product with a ones block on the tensor
+    # cores (exact: x * 1 summed in fp32), far fewer instructions than a cross-thread sum in
+    # this loop; fp32/fp64 sum directly (a TF32 product would round dy').
     BIAS_BY_DOT: tl.constexpr = dy_ptr.dtype.element_ty.primitive_bitwidth == 16
     bias_acc = tl.zeros((BLOCK_CO, 16) if BIAS_BY_DOT else (BLOCK_CO,), dtype=ACC_DTYPE)
     for r0 in range(m_start, m_end, BLOCK_R):
@@ -340,7 +317,7 @@ def _conv_wgrad_kernel(
         iw0 = (ohw % OW) * STRIDE_W - PAD_W
         x_row = _patch_rows(x_ptr, n, ih0, iw0, g, stride_xn, stride_xh, stride_xw, CIN_G)
         a = _load_patches(x_row, ih0, iw0, row_ok, kk, H, W, stride_xh, stride_xw,
-                          CIN_G, KH, KW, PAD_H + PAD_W > 0, True, False, BLOCK_K)
+                          CIN_G, KH, KW, DIL_H, DIL_W, PADDED, True, False, BLOCK_K)
         offs = offs_r.to(tl.int64)[:, None] * COUT + dy_col[None, :]
         d = tl.load(dy_ptr + offs, mask=row_ok[:, None], other=0.0)
         d = _relu_grad(d, y_ptr + offs, row_ok[:, None], RELU)
@@ -370,34 +347,36 @@ def _conv_wgrad_kernel(
 
 # Memory-bound: no value specialization of the integer arguments (one compiled variant per
 # dtype and HAS_BIAS instead of one per shape class).
-@triton.jit(do_not_specialize=["SPLIT", "COUT", "stride_wo", "stride_wc", "stride_wh",
-                               "stride_ww", "DW_CIN_G", "CIN_G", "KW", "KTOT"])
+@triton.jit(do_not_specialize=["SPLIT", "COUT", "stride_dwo", "stride_dwc", "stride_dwh",
+                               "stride_dww", "DW_CIN_G", "CIN_G", "KW", "KTOT"])
 def _wgrad_reduce_kernel(
     # part: [SPLIT, COUT * KTOT + COUT] partial sums (dw as [COUT, KTOT], then db); dw:
-    # [COUT, CIN_G, KH, KW] with the strides below (weight's own layout); db: [COUT] (unused
-    # unless HAS_BIAS)
+    # [COUT, DW_CIN_G, KH, KW] with the strides below (the weight's own layout); db: [COUT]
+    # contiguous (unused unless HAS_BIAS)
     part_ptr, dw_ptr, db_ptr,
     SPLIT, COUT,
     # dw's strides; channels c >= DW_CIN_G (zero padding of the input, see the op) are dropped
-    stride_wo, stride_wc, stride_wh, stride_ww, DW_CIN_G,
-    # geometry: runtime (this pass is memory-bound; one compiled variant serves every layer)
+    stride_dwo, stride_dwc, stride_dwh, stride_dww, DW_CIN_G,
+    # geometry of the partial sums' K axis
     CIN_G, KW, KTOT,
     HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """Sum the SPLIT partials in a fixed order (deterministic) and write dw (and db)."""
+    """Sum the SPLIT partials in slice order (deterministic) and write dw (and db)."""
     total = COUT * (KTOT + 1)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < total
-    acc = tl.load(part_ptr + offs, mask=mask, other=0.0)
-    for s in range(1, SPLIT):
-        acc += tl.load(part_ptr + s * total + offs, mask=mask, other=0.0)
+    ptrs = part_ptr + offs
+    acc = tl.load(ptrs, mask=mask, other=0.0)
+    for _ in range(1, SPLIT):
+        ptrs += total  # 64-bit pointer arithmetic: SPLIT * total may pass 2^31
+        acc += tl.load(ptrs, mask=mask, other=0.0)
     is_w = offs < COUT * KTOT
     co = offs // KTOT
     k = offs % KTOT
     kh = k // (KW * CIN_G)
     kw = (k // CIN_G) % KW
     c = k % CIN_G
-    dw_ptrs = dw_ptr + co * stride_wo + c * stride_wc + kh * stride_wh + kw * stride_ww
+    dw_ptrs = dw_ptr + co * stride_dwo + c * stride_dwc + kh * stride_dwh + kw * stride_dww
     tl.store(dw_ptrs, acc.to(dw_ptr.dtype.element_ty), mask=mask & is_w & (c < DW_CIN_G))
     if HAS_BIAS:
         tl.store(db_ptr + (offs - COUT * KTOT), acc.to(db_ptr.dtype.element_ty),
@@ -406,11 +385,11 @@ def _wgrad_reduce_kernel(
 
 @triton.jit(do_not_specialize=["numel"])
 def _relu_grad_kernel(
-    # dy, y, dy_masked: same-shape contiguous buffers (the output's channels-last memory)
+    # dy, y, out: same-shape contiguous buffers (the output's channels-last memory)
     dy_ptr, y_ptr, out_ptr, numel,
     BLOCK: tl.constexpr,
 ):
-    """dy' = dy where y > 0, else 0 (torch's threshold_backward: y <= 0 gives 0, NaN passes)."""
+    """out = dy where y > 0, else 0 (torch's threshold_backward: y <= 0 gives 0, NaN passes)."""
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < numel
     dy = tl.load(dy_ptr + offs, mask=mask)
@@ -419,15 +398,8 @@ def _relu_grad_kernel(
 
 
 # ---------------------------------------------------------------------------------------------
-# Configurations (data). Chosen for AlexNet at batch 128 on Hopper (PERF.md), few on purpose:
-# the GPU check tunes every one of them for every layer.
-#   forward GEMMs (M x N x K):  conv1 387200 x 96 x 363 (flat K)   conv2 93312 x 128 x 1200 (x2)
-#                               conv3 21632 x 384 x 2304   conv4 21632 x 192 x 1728 (x2)
-#                               conv5 21632 x 128 x 1728 (x2)
-#   grad-input: M = N*H*W, N = CIN_G, K = KH*KW*COUT_G (conv2: 93312 x 48 x 3200 per group).
-#   grad-weight: COUT_G x KTOT outputs reduced over M: few tiles, so M is split (see launcher).
-# The first entry of each list is the default used by tests and for untuned shapes: a 128x128
-# tile with 8 warps (two wgmma warpgroups) suits every layer reasonably.
+# Configurations (data), chosen for AlexNet at batch 128 on Hopper (docs/kernels/conv.md); the
+# first of each list is the default when autotuning is off.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -435,25 +407,22 @@ def _cfg(num_warps, num_stages, **meta):
     return triton.Config(meta, num_warps=num_warps, num_stages=num_stages)
 
 
-# 16-bit inputs: K blocks of 64 (tap tiles, or flat K for conv1/conv2, see _k_block).
+# Forward and grad-input tiles [BLOCK_M, BLOCK_N], by input width: 16-bit, fp32, fp64.
 _GEMM_CONFIGS_16 = [
-    _cfg(8, 3, BLOCK_M=128, BLOCK_N=128, GROUP_M=8),  # 96 KB of shared memory: 2 CTAs per SM
-    _cfg(4, 4, BLOCK_M=128, BLOCK_N=64, GROUP_M=8),  # 192 and 48 columns (conv4, dgrad conv2)
-    _cfg(8, 3, BLOCK_M=256, BLOCK_N=128, GROUP_M=8),  # conv2/conv3: higher intensity
+    _cfg(8, 3, BLOCK_M=128, BLOCK_N=128, GROUP_M=8),  # two wgmma warpgroups: every layer
+    _cfg(4, 4, BLOCK_M=128, BLOCK_N=64, GROUP_M=8),  # 192 and 48 columns (conv4; conv2 dgrad)
+    _cfg(8, 3, BLOCK_M=256, BLOCK_N=128, GROUP_M=8),  # conv2/conv3: higher arithmetic intensity
 ]
-# fp32 (TF32 or IEEE): K blocks of 32, twice the bytes per element: shallower pipelines.
+# fp32 keeps 8 warps on the narrow tile too: IEEE fp32 runs tl.dot on the FMA units, whose
+# 128 x 64 tile spills registers in grad-input with 4 warps (sm_90).
 _GEMM_CONFIGS_32 = [
     _cfg(8, 3, BLOCK_M=128, BLOCK_N=128, GROUP_M=8),
-    _cfg(4, 4, BLOCK_M=128, BLOCK_N=64, GROUP_M=8),
+    _cfg(8, 4, BLOCK_M=128, BLOCK_N=64, GROUP_M=8),
 ]
-# fp64 has no tensor-core path worth tuning; one small tile keeps registers in check.
 _GEMM_CONFIGS_64 = [_cfg(4, 2, BLOCK_M=64, BLOCK_N=64, GROUP_M=8)]
 
-# Grad-weight: the output block [BLOCK_CO, BLOCK_K] decides how often each dy' row and patch
-# row is re-read; 128 x 256 runs ~1.06 issued instructions per tensor-core cycle for conv3/4
-# (sm_90 SASS, 8 warps) against 1.25 for 128 x 128, whose programs pay per-row index math
-# twice as often per MMA. 128 x 128 stays first (the untuned default): 128 x 256 spills when the
-# ReLU mask is applied in the loop (conv1).
+# Grad-weight output tiles [BLOCK_CO, BLOCK_K] and reduction step BLOCK_R: the wider tile
+# re-reads each dy' row fewer times, the narrower has twice the programs.
 _WGRAD_CONFIGS_16 = [
     _cfg(8, 3, BLOCK_CO=128, BLOCK_K=128, BLOCK_R=64),
     _cfg(8, 3, BLOCK_CO=128, BLOCK_K=256, BLOCK_R=64),
@@ -463,43 +432,57 @@ _WGRAD_CONFIGS_32 = [
     _cfg(8, 3, BLOCK_CO=128, BLOCK_K=64, BLOCK_R=32),
 ]
 _WGRAD_CONFIGS_64 = [_cfg(4, 2, BLOCK_CO=64, BLOCK_K=32, BLOCK_R=16)]
+# With the ReLU mask applied in the loop, the saved output's tile is live beside dy's: the
+# 128 x 256 tile then steps 32 rows at a time (64 rows spill registers on sm_90).
+_WGRAD_RELU_CONFIGS_16 = [
+    _cfg(8, 3, BLOCK_CO=128, BLOCK_K=128, BLOCK_R=64),
+    _cfg(8, 3, BLOCK_CO=128, BLOCK_K=256, BLOCK_R=32),
+]
 
-_GEOMETRY = ["CIN_G", "KH", "KW", "STRIDE_H", "STRIDE_W", "PAD_H", "PAD_W", "INPUT_PRECISION"]
-_FWD_KEY = ["M", "COUT_G", "H", "W"] + _GEOMETRY
-_DGRAD_KEY = ["M", "COUT_G", "H", "W"] + _GEOMETRY
-_WGRAD_KEY = ["M", "COUT_G", "H", "W", "OH", "OW"] + _GEOMETRY
+# Every autotuned kernel's configurations by element size (bytes): the lists above, named.
+CONFIGS = {
+    "forward": {2: _GEMM_CONFIGS_16, 4: _GEMM_CONFIGS_32, 8: _GEMM_CONFIGS_64},
+    "input_grad": {2: _GEMM_CONFIGS_16, 4: _GEMM_CONFIGS_32, 8: _GEMM_CONFIGS_64},
+    "weight_grad": {2: _WGRAD_CONFIGS_16, 4: _WGRAD_CONFIGS_32, 8: _WGRAD_CONFIGS_64},
+    "weight_grad_relu": {2: _WGRAD_RELU_CONFIGS_16, 4: _WGRAD_CONFIGS_32, 8: _WGRAD_CONFIGS_64},
+}
 
+_GEOMETRY = ["CIN_G", "KH", "KW", "STRIDE_H", "STRIDE_W", "PAD_H", "PAD_W", "DIL_H", "DIL_W",
+             "INPUT_PRECISION"]
+_KEYS = {
+    "forward": ["M", "COUT_G", "H", "W", "PADDED"] + _GEOMETRY,
+    "input_grad": ["M", "COUT_G", "H", "W"] + _GEOMETRY,
+    "weight_grad": ["M", "COUT_G", "H", "W", "OH", "OW", "PADDED"] + _GEOMETRY,
+}
+_KEYS["weight_grad_relu"] = _KEYS["weight_grad"]
+_KERNELS = {"forward": _conv_fwd_kernel, "input_grad": _conv_dgrad_kernel,
+            "weight_grad": _conv_wgrad_kernel, "weight_grad_relu": _conv_wgrad_kernel}
+# The autotuned launch targets, TUNERS[kind][element size].
+TUNERS = {
+    kind: {size: autotune(configs, key=_KEYS[kind])(_KERNELS[kind])
+           for size, configs in CONFIGS[kind].items()}
+    for kind in CONFIGS
+}
 
-def _by_width(configs16, configs32, configs64, key, kernel):
-    return {
-        2: autotune(configs16, key=key)(kernel),
-        4: autotune(configs32, key=key)(kernel),
-        8: autotune(configs64, key=key)(kernel),
-    }
-
-
-_fwd = _by_width(_GEMM_CONFIGS_16, _GEMM_CONFIGS_32, _GEMM_CONFIGS_64, _FWD_KEY, _conv_fwd_kernel)
-_dgrad = _by_width(_GEMM_CONFIGS_16, _GEMM_CONFIGS_32, _GEMM_CONFIGS_64, _DGRAD_KEY,
-                   _conv_dgrad_kernel)
-_wgrad = _by_width(_WGRAD_CONFIGS_16, _WGRAD_CONFIGS_32, _WGRAD_CONFIGS_64, _WGRAD_KEY,
-                   _conv_wgrad_kernel)
-
-# Reduction-side K blocks by element size (bytes): tap tiles when the channel count is a
-# multiple of the block, else flat K with the same block. Narrower tap tiles lose to flat K:
-# compiled for sm_90, conv2's 48 channels as 16-wide tap tiles run ~87 instructions per
-# 64x128x16 wgmma (issue-bound, one barrier per wgmma), as flat 64-wide blocks ~34 (the
-# gather still moves 16-byte vectors: 48 = 3 x 16 consecutive channels).
+# Reduction-side K blocks by element size: tap tiles when the channel count is a multiple of
+# the block, else flat K with the same block.
 _TAP_BLOCKS = {2: (64,), 4: (32,), 8: (16,)}
 _FLAT_BLOCK = {2: 64, 4: 32, 8: 16}
-# Grad-weight split: slices are multiples of _SPLIT_ALIGN rows (a multiple of every BLOCK_R;
-# small under the interpreter so that tests exercise several slices).
+# Grad-weight slices are multiples of _SPLIT_ALIGN rows (a multiple of every BLOCK_R; small
+# under the interpreter so that tests run several slices and partial last blocks).
 _SPLIT_ALIGN = 16 if INTERPRET else 128
-# For choosing the split (wgrad_split): seconds per row per output element of one program
-# (an SM's share of ~650 TFLOP/s bf16 tensor-core work, 2 flops per element), per element size
-# (TF32 at half, IEEE fp32/fp64 on the FMA units far slower), and bytes per second for
-# writing and reading back the fp32 partial sums.
+# The split is modelled for the default tile of each width (the first grad-weight
+# configuration, with or without ReLU), whichever tile the autotuner then picks: the
+# partial-sum buffer, the grid's slice axis and the reduce depend on the shape alone.
+_DEFAULT_WGRAD_TILE = {size: (configs[0].kwargs["BLOCK_CO"], configs[0].kwargs["BLOCK_K"])
+               for size, configs in CONFIGS["weight_grad"].items()}
+# Split model: seconds per row per output element of one program (an SM's share of the
+# tensor-core rate, 2 flops per element; TF32 at half, IEEE fp32/fp64 on the FMA units), and
+# bytes per second for writing and reading back the fp32 partial sums.
 _SM_ROW_SECONDS = {2: 2 / 4.9e12, 4: 2 / 2.4e12, 8: 2 / 0.4e12}
 _PARTIAL_BYTES_PER_SECOND = 2.5e12
+# The ReLU mask is applied inside grad-weight when K spans at most this many default blocks.
+_RELU_IN_WGRAD_MAX_BLOCKS = 4
 
 
 def _k_block(channels: int, tap_blocks, flat_block: int):
@@ -511,63 +494,73 @@ def _k_block(channels: int, tap_blocks, flat_block: int):
 
 
 def _nhwc_strides(x: Tensor) -> tuple:
-    """(n, h, w) strides of a channels-last contiguous [N, C, H, W] tensor, computed from its
-    shape: torch leaves the strides of size-1 dimensions arbitrary, and the kernels' alignment
-    hints need every stride to be a multiple of C."""
+    """(n, h, w) strides of a dense NHWC [N, C, H, W] tensor, from its shape: torch leaves the
+    strides of size-1 dimensions arbitrary, and the alignment hints need multiples of C."""
     _, c, h, w = x.shape
     return h * w * c, w * c, c
 
 
-def output_size(size: int, kernel: int, stride: int, padding: int) -> int:
-    """Output extent of a convolution along one axis (dilation 1)."""
-    return (size + 2 * padding - kernel) // stride + 1
+def _check_int32(**sizes: int) -> None:
+    """Row counts and per-image sizes are indexed with 32-bit offsets (batch offsets with
+    64-bit ones): refuse what would overflow, before any kernel runs."""
+    for name, size in sizes.items():
+        if size >= INT32_LIMIT - 1024:
+            raise ValueError(f"{name} = {size} is too large for the convolution kernels' "
+                             f"32-bit offsets (limit {INT32_LIMIT - 1024})")
+
+
+def output_size(size: int, kernel: int, stride: int, pad_before: int, pad_after: int,
+                dilation: int) -> int:
+    """Output extent of a convolution along one axis (torch's formula)."""
+    return (size + pad_before + pad_after - dilation * (kernel - 1) - 1) // stride + 1
 
 
 @functools.lru_cache(maxsize=1024)
-def wgrad_split(m: int, tiles: int, tile_elems: int, partial_elems: int, element_size: int,
-                device: torch.device) -> int:
-    """How many slices of the M rows grad-weight runs (one program per slice and output tile).
+def wgrad_slice_rows(m: int, cout_g: int, ktot: int, groups: int, element_size: int,
+                     device: torch.device) -> int:
+    """Rows per grad-weight slice (a multiple of ``_SPLIT_ALIGN``); ``cdiv(m, rows)`` slices.
 
-    Few output tiles (conv3: 27 of 128 x 256) need slices to fill the SMs, but every slice
-    writes and reads back a partial-sum copy of dw, and a last wave that is nearly empty costs
-    as much as a full one (135 programs on 132 SMs take two waves). So: the split with the
-    least estimated time = waves * rows per program * row cost + partial-sum traffic, where a
-    program holds one SM (8 warps, >200 registers each).
+    Few output tiles (conv3: 54 of 128 x 128) need slices to fill the SMs, but every slice
+    writes and reads back a partial copy of dw, and a nearly empty last wave costs a full one.
+    So: the split with the least estimated time = waves * rows per program * row cost +
+    partial-sum traffic, for the default tile and one program per SM.
     """
     sms = sm_count(device)
-    row_seconds = tile_elems * _SM_ROW_SECONDS[element_size]
-    best, best_time = 1, float("inf")
+    block_co, block_k = _DEFAULT_WGRAD_TILE[element_size]
+    tiles = triton.cdiv(cout_g, block_co) * triton.cdiv(ktot, block_k) * groups
+    row_seconds = block_co * block_k * _SM_ROW_SECONDS[element_size]
+    partial_seconds = groups * cout_g * (ktot + 1) * 8 / _PARTIAL_BYTES_PER_SECOND
+    best, best_time = triton.cdiv(m, _SPLIT_ALIGN) * _SPLIT_ALIGN, float("inf")
     for split in range(1, min(triton.cdiv(m, _SPLIT_ALIGN), 4 * sms) + 1):
-        per_split = triton.cdiv(triton.cdiv(m, split), _SPLIT_ALIGN) * _SPLIT_ALIGN
-        if triton.cdiv(m, per_split) != split:
+        rows = triton.cdiv(triton.cdiv(m, split), _SPLIT_ALIGN) * _SPLIT_ALIGN
+        if triton.cdiv(m, rows) != split:
             continue  # the same slices as a smaller split
-        waves = triton.cdiv(tiles * split, sms)
-        seconds = (waves * per_split * row_seconds
-                   + split * partial_elems * 8 / _PARTIAL_BYTES_PER_SECOND)
+        seconds = triton.cdiv(tiles * split, sms) * rows * row_seconds + split * partial_seconds
         if seconds < best_time:
-            best, best_time = split, seconds
+            best, best_time = rows, seconds
     return best
 
 
 # ---------------------------------------------------------------------------------------------
 # Launchers. Tensors are logical NCHW / [COUT, CIN_G, KH, KW] as documented on each; all
-# activations are channels-last in memory.
+# activations are channels-last in memory. padding is [top, bottom, left, right].
 # ---------------------------------------------------------------------------------------------
 
 
 def conv2d_forward(
     x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: list[int], padding: list[int],
-    groups: int, relu: bool, tf32: bool,
+    dilation: list[int], groups: int, relu: bool, tf32: bool,
 ) -> Tensor:
     """act(conv2d(x, w) + bias) -> [N, COUT, OH, OW] channels-last.
 
     x: [N, C, H, W] channels-last contiguous; weight: packed [COUT, KH, KW, CIN_G]
-    contiguous; bias: [COUT] or None; act is ReLU when ``relu``.
+    contiguous; bias: [COUT] with any stride, or None; act is ReLU when ``relu``.
     """
     n, c, h, w = x.shape
     cout, kh, kw, cin_g = weight.shape
-    oh = output_size(h, kh, stride[0], padding[0])
-    ow = output_size(w, kw, stride[1], padding[1])
+    oh = output_size(h, kh, stride[0], padding[0], padding[1], dilation[0])
+    ow = output_size(w, kw, stride[1], padding[2], padding[3], dilation[1])
+    _check_int32(rows=n * oh * ow, input_image=c * h * w, output_image=cout * oh * ow)
     y = new_empty((n, cout, oh, ow), dtype=x.dtype, device=x.device,
                   memory_format=torch.channels_last)
     if y.numel() == 0:
@@ -579,12 +572,13 @@ def conv2d_forward(
     def grid(meta):
         return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(cout_g, meta["BLOCK_N"]), groups)
 
-    _fwd[esize][grid](
+    TUNERS["forward"][esize][grid](
         x, weight, bias if bias is not None else weight, y,
-        h, w, *_nhwc_strides(x),
+        h, w, *_nhwc_strides(x), bias.stride(0) if bias is not None else 0,
         m, oh, ow, cout, cout_g,
         CIN_G=cin_g, KH=kh, KW=kw, STRIDE_H=stride[0], STRIDE_W=stride[1],
-        PAD_H=padding[0], PAD_W=padding[1],
+        PAD_H=padding[0], PAD_W=padding[2], DIL_H=dilation[0], DIL_W=dilation[1],
+        PADDED=any(p > 0 for p in padding),
         HAS_BIAS=bias is not None, RELU=relu, INPUT_PRECISION=input_precision(x.dtype, tf32),
         ACC_DTYPE=tl_accumulator(x.dtype), TAP_TILES=tap_tiles, BLOCK_K=block_k,
     )
@@ -593,7 +587,7 @@ def conv2d_forward(
 
 def conv2d_input_grad(
     grad_out: Tensor, weight: Tensor, input_hw: list[int], stride: list[int],
-    padding: list[int], groups: int, tf32: bool,
+    padding: list[int], dilation: list[int], groups: int, tf32: bool,
 ) -> Tensor:
     """Grad-input -> [N, CIN, H, W] channels-last.
 
@@ -604,6 +598,7 @@ def conv2d_input_grad(
     _, kh, kw, cin_g = weight.shape
     h, w = input_hw
     cin = cin_g * groups
+    _check_int32(rows=n * h * w, input_image=cin * h * w, output_image=cout * oh * ow)
     dx = new_empty((n, cin, h, w), dtype=grad_out.dtype, device=grad_out.device,
                    memory_format=torch.channels_last)
     if dx.numel() == 0:
@@ -616,11 +611,11 @@ def conv2d_input_grad(
     def grid(meta):
         return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(cin_g, meta["BLOCK_N"]), groups)
 
-    _dgrad[esize][grid](
+    TUNERS["input_grad"][esize][grid](
         grad_out, weight, dx,
         m, h, w, cin, oh, ow, cout,
         CIN_G=cin_g, COUT_G=cout_g, KH=kh, KW=kw, STRIDE_H=stride[0], STRIDE_W=stride[1],
-        PAD_H=padding[0], PAD_W=padding[1],
+        PAD_H=padding[0], PAD_W=padding[2], DIL_H=dilation[0], DIL_W=dilation[1],
         INPUT_PRECISION=input_precision(grad_out.dtype, tf32),
         ACC_DTYPE=tl_accumulator(grad_out.dtype), TAP_TILES=tap_tiles, BLOCK_K=block_k,
     )
@@ -629,19 +624,16 @@ def conv2d_input_grad(
 
 def conv2d_weight_grad(
     grad_out: Tensor, out: Optional[Tensor], x: Tensor, weight_shape: list[int],
-    stride: list[int], padding: list[int], groups: int, relu: bool, has_bias: bool,
-    tf32: bool, channels_last: bool,
+    stride: list[int], padding: list[int], dilation: list[int], groups: int, relu: bool,
+    has_bias: bool, tf32: bool, channels_last: bool,
 ) -> tuple[Tensor, Tensor]:
     """(grad-weight ``weight_shape`` = [COUT, CIN_G, KH, KW], grad-bias [COUT], or [0] unless
     ``has_bias``).
 
-    grad_out, out: as for :func:`conv2d_input_grad`; x: [N, C, H, W] channels-last, where C may
-    exceed weight_shape[1] * groups when the caller zero-padded the channels (their gradient is
-    dropped). grad-weight is channels-last in memory when ``channels_last`` (to match
-    the weight), else contiguous.
-
-    Two kernels: per-slice partial sums in fp32 (fp64) over M = N*OH*OW, then a fixed-order
-    reduction of the slices (deterministic; no atomics) that also casts and lays out dw.
+    grad_out: as for :func:`conv2d_input_grad`, unmasked when ``relu`` (the mask then comes
+    from ``out``, the saved output); x: [N, C, H, W] channels-last, where C may exceed
+    weight_shape[1] * groups when the caller zero-padded the channels (their gradient is
+    dropped). grad-weight is channels-last in memory when ``channels_last``, else contiguous.
     """
     n, cout, oh, ow = grad_out.shape
     _, cin, h, w = x.shape
@@ -649,44 +641,36 @@ def conv2d_weight_grad(
     cin_g, cout_g = cin // groups, cout // groups
     dtype, device = grad_out.dtype, grad_out.device
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    m = n * oh * ow
-    ktot = kh * kw * cin_g
+    m, ktot = n * oh * ow, kh * kw * cin_g
+    _check_int32(rows=m, input_image=cin * h * w, output_image=cout * oh * ow)
     if m == 0 or cout == 0 or ktot == 0:  # an empty sum: zero gradients
         dw = torch.empty(weight_shape, dtype=dtype, device=device, memory_format=fmt).zero_()
         return dw, torch.zeros((cout if has_bias else 0,), dtype=dtype, device=device)
     dw = new_empty(weight_shape, dtype=dtype, device=device, memory_format=fmt)
     db = new_empty((cout if has_bias else 0,), dtype=dtype, device=device)
     esize = grad_out.element_size()
-    kernel = _wgrad[esize]
-    partial_elems = cout * (ktot + 1)
-
-    def split_for(meta):
-        tiles = triton.cdiv(cout_g, meta["BLOCK_CO"]) * triton.cdiv(ktot, meta["BLOCK_K"])
-        return wgrad_split(m, tiles * groups, meta["BLOCK_CO"] * meta["BLOCK_K"], partial_elems,
-                           esize, device)
-
-    # The split depends on the tile, which the autotuner picks: room for the largest.
-    rows = max(split_for(config.kwargs) for config in kernel.configs)
-    part = new_empty((rows, partial_elems), dtype=accumulator_dtype(dtype), device=device)
+    slice_rows = wgrad_slice_rows(m, cout_g, ktot, groups, esize, device)
+    split = triton.cdiv(m, slice_rows)
+    part = new_empty((split, cout * (ktot + 1)), dtype=accumulator_dtype(dtype), device=device)
 
     def grid(meta):
         tiles = triton.cdiv(cout_g, meta["BLOCK_CO"]) * triton.cdiv(ktot, meta["BLOCK_K"])
-        return (tiles, split_for(meta), groups)
+        return (tiles, split, groups)
 
-    kernel[grid](
+    TUNERS["weight_grad_relu" if relu else "weight_grad"][esize][grid](
         x, grad_out, out if relu else grad_out, part,
         h, w, *_nhwc_strides(x),
-        m, cout, cout_g, _SPLIT_ALIGN,
+        m, slice_rows, cout, cout_g,
         OH=oh, OW=ow, CIN_G=cin_g, KH=kh, KW=kw, STRIDE_H=stride[0], STRIDE_W=stride[1],
-        PAD_H=padding[0], PAD_W=padding[1],
+        PAD_H=padding[0], PAD_W=padding[2], DIL_H=dilation[0], DIL_W=dilation[1],
+        PADDED=any(p > 0 for p in padding),
         HAS_BIAS=has_bias, RELU=relu, INPUT_PRECISION=input_precision(dtype, tf32),
         ACC_DTYPE=tl_accumulator(dtype),
     )
-    split = split_for(kernel.best_config.kwargs)
     block = 1024
     _wgrad_reduce_kernel[(triton.cdiv(cout * (ktot + 1), block),)](
         part, dw, db if has_bias else dw, split, cout,
-        dw.stride(0), dw.stride(1), dw.stride(2), dw.stride(3), dw_cin_g,
+        *dw.stride(), dw_cin_g,
         cin_g, kw, ktot, HAS_BIAS=has_bias, BLOCK=block, num_warps=4,
     )
     return dw, db
@@ -694,21 +678,20 @@ def conv2d_weight_grad(
 
 def relu_grad_in_kernels(input_grad: bool, weight_shape: list[int], groups: int,
                          element_size: int) -> bool:
-    """Whether grad-weight should apply the ReLU mask itself (reading the saved output next to
-    dy) rather than after one :func:`conv2d_relu_grad` pass, which grad-input always uses.
+    """Whether grad-weight applies the ReLU mask itself (reading the saved output next to dy)
+    rather than after one :func:`conv2d_relu_grad` pass, which grad-input always uses.
 
-    In-kernel masking is redone for every visit of a dy element: once per grad-weight output
-    block of KTOT (14 for conv4) and once per filter tap in grad-input, at ~0.2 issued
-    warp-instructions per element (sm_90 SASS of the 16-bit select). One pass costs three
-    reads/writes of the output instead. In-kernel wins only with no grad-input and few K blocks:
-    conv1 (KTOT = 11*11*4 in 4 blocks), whose pass would move 3 x 74 MB at batch 128 in bf16.
+    In-kernel masking is redone for every visit of a dy element, once per grad-weight K block;
+    the pass costs three reads/writes of the output instead. In-kernel wins only without
+    grad-input and with few K blocks (conv1: K = 11*11*4 in 4 blocks of 128). Depends on the
+    shape alone, never on the configuration the autotuner picked.
     """
     if input_grad:
         return False
     _, cin_g, kh, kw = weight_shape
     cin_g = 4 if (cin_g == 3 and groups == 1) else cin_g  # the op pads RGB to 4 channels
-    block_k = _wgrad[element_size].configs[0].kwargs["BLOCK_K"]
-    return triton.cdiv(kh * kw * cin_g, block_k) <= 4
+    block_k = _DEFAULT_WGRAD_TILE[element_size][1]
+    return triton.cdiv(kh * kw * cin_g, block_k) <= _RELU_IN_WGRAD_MAX_BLOCKS
 
 
 def conv2d_relu_grad(grad_out: Tensor, out: Tensor) -> Tensor:

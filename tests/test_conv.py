@@ -6,7 +6,9 @@ shapes at batch 128 in fp32 (IEEE and TF32), fp16 and bf16."""
 
 import pytest
 import torch
+import triton
 import torch.nn.functional as F
+from conv_helpers import CL, check_conv, conv_grads, conv_inputs, tuner_configs
 from helpers import tolerance
 
 from fastalex.kernels import conv as conv_kernels
@@ -15,7 +17,6 @@ from fastalex.ops import conv as conv_ops
 from fastalex.ops.conv import conv2d, conv2d_relu
 
 CUDA = torch.cuda.is_available() and not INTERPRET
-CL = torch.channels_last
 
 
 @pytest.fixture(autouse=True)
@@ -23,67 +24,6 @@ def _ieee_fp32(monkeypatch):
     """fp32 tests compare with fp32 tolerances: keep TF32 off (torch's default for convs is
     on); the tests about TF32 switch it themselves."""
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-
-
-def _inputs(n, c, h, w, cout, k, groups, *, bias=True, seed=0):
-    """fp64 CPU tensors: x ~ N(0, 1), w ~ N(0, 1/K) so outputs are O(1) whatever K is."""
-    g = torch.Generator().manual_seed(seed)
-    kh, kw = (k, k) if isinstance(k, int) else k
-    x = torch.randn(n, c, h, w, generator=g, dtype=torch.float64)
-    wt = torch.randn(cout, c // groups, kh, kw, generator=g, dtype=torch.float64)
-    wt /= (kh * kw * c // groups) ** 0.5
-    b = torch.randn(cout, generator=g, dtype=torch.float64) if bias else None
-    return x, wt, b
-
-
-def _grads(fn, x, w, b, conv_args, dy, input_grad=True):
-    """(y, dx, dw, db) of ``fn``; dx is None when x needs no gradient."""
-    x = x.detach().requires_grad_(input_grad)
-    w = w.detach().requires_grad_()
-    b = b.detach().requires_grad_() if b is not None else None
-    y = fn(x, w, b, *conv_args)
-    leaves = [t for t in (x, w, b) if t is not None and t.requires_grad]
-    got = dict(zip([id(t) for t in leaves], torch.autograd.grad(y, leaves, dy)))
-    return y, got.get(id(x)), got[id(w)], got.get(id(b)) if b is not None else None
-
-
-def _reference(relu, x, w, b, conv_args, dy, input_grad=True):
-    """F.conv2d (+ F.relu) in float64 on the CPU, on the same values as the kernels saw."""
-    def ref(x, w, b, stride, padding, groups):
-        y = F.conv2d(x, w, b, stride, padding, 1, groups)
-        return F.relu(y) if relu else y
-
-    def f64(t):
-        return None if t is None else t.detach().to("cpu", torch.float64)
-
-    return _grads(ref, f64(x), f64(w), f64(b), conv_args, f64(dy), input_grad)
-
-
-def _check(device, dtype, n, c, h, w, cout, k, stride=1, padding=0, groups=1, *, relu=True,
-           bias=True, input_grad=True, x_layout=None, w_layout=None, scale=1.0, tol=None):
-    x, wt, b = _inputs(n, c, h, w, cout, k, groups, bias=bias)
-    x = (x * scale).to(device, dtype)
-    wt, b = wt.to(device, dtype), (b.to(device, dtype) if b is not None else None)
-    if x_layout is not None:
-        x = x_layout(x)
-    if w_layout is not None:
-        wt = w_layout(wt)
-    args = (stride, padding, groups)
-    out_shape = F.conv2d(x[:, :, :, :].to("meta"), wt.to("meta"), None, stride, padding, 1,
-                         groups).shape
-    dy = torch.randn(out_shape, dtype=torch.float64).to(device, dtype)
-    got = _grads(conv2d_relu if relu else conv2d, x, wt, b, args, dy, input_grad)
-    want = _reference(relu, x, wt, b, args, dy, input_grad)
-    tol = tol or tolerance(dtype)
-    for name, g, r in zip(("output", "grad_input", "grad_weight", "grad_bias"), got, want):
-        if r is None:
-            assert g is None, name
-            continue
-        assert g.dtype == dtype and g.shape == r.shape, name
-        torch.testing.assert_close(g.cpu(), r.to(dtype), **tol, equal_nan=True, msg=name)
-    y = got[0]
-    assert y.is_contiguous(memory_format=CL) or y.numel() == 0
-    return got
 
 
 # AlexNet's five layers with batch, spatial size and channels cut down for the interpreter;
@@ -103,13 +43,13 @@ ALEXNET_REDUCED = {
 @pytest.mark.parametrize("layer", list(ALEXNET_REDUCED))
 def test_alexnet_layers_reduced(device, layer, dtype):
     # conv1's input is the image: no grad-input there, as in training.
-    _check(device, dtype, **ALEXNET_REDUCED[layer], input_grad=layer != "conv1")
+    check_conv(device, dtype, **ALEXNET_REDUCED[layer], input_grad=layer != "conv1")
 
 
 @pytest.mark.skipif(not CUDA, reason="needs CUDA (the interpreter's bf16 tl.dot is unusable)")
 @pytest.mark.parametrize("layer", list(ALEXNET_REDUCED))
 def test_alexnet_layers_reduced_bf16(layer):
-    _check("cuda", torch.bfloat16, **ALEXNET_REDUCED[layer])
+    check_conv("cuda", torch.bfloat16, **ALEXNET_REDUCED[layer])
 
 
 GEOMETRIES = [
@@ -128,21 +68,41 @@ GEOMETRIES = [
 
 @pytest.mark.parametrize("n, c, h, w, cout, k, stride, padding, groups, relu, bias", GEOMETRIES)
 def test_geometry(device, n, c, h, w, cout, k, stride, padding, groups, relu, bias):
-    _check(device, torch.float32, n, c, h, w, cout, k, stride, padding, groups, relu=relu,
+    check_conv(device, torch.float32, n, c, h, w, cout, k, stride, padding, groups, relu=relu,
            bias=bias)
 
 
+DILATED_AND_STRING_PADDING = [
+    # n, c, h, w, cout, k, stride, padding, dilation, groups, input_grad
+    pytest.param(2, 4, 9, 10, 6, 3, 1, 2, 2, 2, True, id="d2-p2-g2"),
+    pytest.param(2, 6, 13, 11, 4, (3, 2), 2, (1, 0), (2, 3), 1, True, id="d2x3-s2-p1x0"),
+    pytest.param(2, 4, 7, 8, 6, 4, 1, "same", 1, 2, True, id="same-even-kernel"),
+    pytest.param(1, 6, 9, 8, 6, (2, 3), 1, "same", (3, 2), 2, True, id="same-asymmetric-d3x2"),
+    pytest.param(2, 4, 7, 6, 4, (3, 2), 1, "valid", 2, 1, True, id="valid-d2"),
+    pytest.param(1, 64, 6, 6, 8, 3, 1, "same", 2, 1, True, id="same-d2-tap-tiles"),
+    pytest.param(2, 3, 15, 14, 8, 3, 2, 1, 3, 1, False, id="rgb-d3-relu-in-grad-weight"),
+]
+
+
+@pytest.mark.parametrize("n, c, h, w, cout, k, stride, padding, dilation, groups, input_grad",
+                         DILATED_AND_STRING_PADDING)
+def test_dilation_and_string_padding(device, n, c, h, w, cout, k, stride, padding, dilation,
+                                     groups, input_grad):
+    check_conv(device, torch.float32, n, c, h, w, cout, k, stride, padding, groups, dilation,
+               input_grad=input_grad)
+
+
 def test_float64_exact(device):
-    _check(device, torch.float64, 2, 8, 7, 6, 8, 3, 2, 1, 2)
+    check_conv(device, torch.float64, 2, 8, 7, 6, 8, 3, 2, 1, 2)
 
 
 def test_gradcheck_float64(device):
-    x, w, b = _inputs(2, 4, 5, 6, 4, 3, 2)
+    x, w, b = conv_inputs(2, 4, 5, 6, 4, 3, 2)
     # keep pre-activations away from ReLU's kink, where finite differences are meaningless
     b = b + torch.where(b >= 0, 1.0, -1.0)
     x, w, b = (t.to(device).requires_grad_() for t in (x, w, b))
     # fast mode (random projections of the Jacobian): each interpreted launch costs ~0.1 s
-    assert torch.autograd.gradcheck(lambda x, w, b: conv2d_relu(x, w, b, 2, 1, 2), (x, w, b),
+    assert torch.autograd.gradcheck(lambda x, w, b: conv2d_relu(x, w, b, 2, 1, groups=2), (x, w, b),
                                     fast_mode=True)
 
 
@@ -155,13 +115,13 @@ LAYOUTS = {
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_input_layouts(device, layout):
-    _check(device, torch.float32, 2, 6, 7, 8, 8, 3, 1, 1, 2, x_layout=LAYOUTS[layout])
+    check_conv(device, torch.float32, 2, 6, 7, 8, 8, 3, 1, 1, 2, x_layout=LAYOUTS[layout])
 
 
 @pytest.mark.parametrize("w_layout", ["channels-last", "transposed"])
 def test_weight_layouts(device, w_layout):
     to = {"channels-last": LAYOUTS["channels-last"], "transposed": lambda t: t.transpose(2, 3)}
-    x, w, b = _inputs(2, 16, 6, 6, 8, 3, 1)
+    x, w, b = conv_inputs(2, 16, 6, 6, 8, 3, 1)
     x, w, b = x.float().to(device), to[w_layout](w.float().to(device)), b.float().to(device)
     w.requires_grad_()
     (dw,) = torch.autograd.grad(conv2d_relu(x, w, b, 1, 1), w,
@@ -170,7 +130,7 @@ def test_weight_layouts(device, w_layout):
     # a copy); any other weight a contiguous one
     want = CL if w_layout == "channels-last" else torch.contiguous_format
     assert dw.is_contiguous(memory_format=want)
-    _check(device, torch.float32, 2, 16, 6, 6, 8, 3, 1, 1, w_layout=to[w_layout])
+    check_conv(device, torch.float32, 2, 16, 6, 6, 8, 3, 1, 1, w_layout=to[w_layout])
 
 
 def test_no_grad_input_skips_the_kernel(device, monkeypatch):
@@ -178,28 +138,49 @@ def test_no_grad_input_skips_the_kernel(device, monkeypatch):
         raise AssertionError("grad-input computed for an input that needs none")
 
     monkeypatch.setattr(conv_ops, "_input_grad", fail)
-    _check(device, torch.float32, 2, 8, 7, 7, 8, 3, 1, 1, 2, input_grad=False)
+    check_conv(device, torch.float32, 2, 8, 7, 7, 8, 3, 1, 1, 2, input_grad=False)
 
 
 def test_weight_grad_splits_are_deterministic(device):
-    if INTERPRET:  # M = 2*7*7 rows make several slices even here (kernels.conv.wgrad_split)
-        assert conv_kernels.wgrad_split(98, 1, 128 * 128, 1000, 4, torch.device(device)) > 1
-    x, w, b = _inputs(2, 16, 7, 7, 16, 3, 1)
+    # M = 2*7*7 rows make several slices even under the interpreter (wgrad_slice_rows)
+    rows = conv_kernels.wgrad_slice_rows(98, 16, 144, 1, 4, torch.device(device))
+    if INTERPRET:
+        assert triton.cdiv(98, rows) > 1
+    x, w, b = conv_inputs(2, 16, 7, 7, 16, 3, 1)
     x, w, b = x.float().to(device), w.float().to(device), b.float().to(device)
     x_cl = x.contiguous(memory_format=CL)
-    y = conv_kernels.conv2d_forward(x_cl, w.permute(0, 2, 3, 1).contiguous(), b, [1, 1], [1, 1],
-                                    1, True, False)
+    geometry = ([1, 1], [1, 1, 1, 1], [1, 1], 1)
+    y = conv_kernels.conv2d_forward(x_cl, w.permute(0, 2, 3, 1).contiguous(), b, *geometry,
+                                    True, False)
     dy = torch.randn_like(y)
-    runs = [conv_kernels.conv2d_weight_grad(dy, y, x_cl, list(w.shape), [1, 1], [1, 1], 1, True,
-                                            True, False, False) for _ in range(2)]
+    runs = [conv_kernels.conv2d_weight_grad(dy, y, x_cl, list(w.shape), *geometry, True, True,
+                                            False, False) for _ in range(2)]
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+
+
+def test_weight_grad_split_ignores_the_configuration(device):
+    """The slices, the partial buffer and the reduce depend on the shape alone: every
+    grad-weight configuration gives the same result, and no launcher reads ``best_config``."""
+    x, w, b = conv_inputs(2, 8, 9, 9, 8, 3, 1)
+    x, w, b = x.float().to(device), w.float().to(device), b.float().to(device)
+    tuner = conv_kernels.TUNERS["weight_grad"][4]
+    seen = []
+    for config in conv_kernels.CONFIGS["weight_grad"][4]:
+        with tuner_configs({tuner: [config]}):
+            tuner.best_config = None  # a launcher reading it would fail
+            w_ = w.detach().requires_grad_()
+            y = conv2d_relu(x, w_, b, 1, 1)
+            (dw,) = torch.autograd.grad(y, w_, torch.ones_like(y))
+            seen.append(dw)
+    for dw in seen[1:]:
+        torch.testing.assert_close(dw, seen[0], **tolerance(torch.float32))
 
 
 def test_empty_batch(device):
     x = torch.randn(0, 4, 7, 7, device=device, requires_grad=True)
     w = torch.randn(6, 2, 3, 3, device=device, requires_grad=True)
     b = torch.randn(6, device=device, requires_grad=True)
-    y = conv2d_relu(x, w, b, 2, 1, 2)
+    y = conv2d_relu(x, w, b, 2, 1, groups=2)
     assert y.shape == (0, 6, 4, 4)
     y.sum().backward()
     assert x.grad.shape == x.shape
@@ -207,20 +188,20 @@ def test_empty_batch(device):
 
 
 def test_unbatched_input(device):
-    x, w, b = (t.float().to(device) for t in _inputs(1, 4, 6, 5, 6, 3, 2))
-    y = conv2d_relu(x[0], w, b, 1, 1, 2)
+    x, w, b = (t.float().to(device) for t in conv_inputs(1, 4, 6, 5, 6, 3, 2))
+    y = conv2d_relu(x[0], w, b, 1, 1, groups=2)
     torch.testing.assert_close(y, F.relu(F.conv2d(x[0], w, b, 1, 1, 1, 2)),
                                **tolerance(torch.float32))
 
 
 def test_large_magnitudes(device):
-    _check(device, torch.float32, 2, 6, 7, 7, 8, 3, 1, 1, 2, scale=1e4,
-           tol=tolerance(torch.float32, atol=1e-5 * 1e4))  # atol scales with the data
+    check_conv(device, torch.float32, 2, 6, 7, 7, 8, 3, 1, 1, 2, scale=1e4,
+               tol=tolerance(torch.float32, atol=1e-5 * 1e4))  # atol scales with the data
 
 
 def test_nan_and_inf_propagate(device):
     # RGB input: also checks that the zero channel added for the kernels meets no Inf
-    x, w, b = (t.float() for t in _inputs(1, 3, 6, 6, 4, 3, 1))
+    x, w, b = (t.float() for t in conv_inputs(1, 3, 6, 6, 4, 3, 1))
     x[0, 1, 2, 3] = float("nan")
     x[0, 2, 5, 0] = float("inf")
     got = conv2d_relu(x.to(device), w.to(device), b.to(device), 1, 1).cpu()
@@ -231,10 +212,10 @@ def test_nan_and_inf_propagate(device):
 
 def test_autocast(device):
     dtype = torch.bfloat16 if device == "cuda" else torch.float16
-    x, w, b = (t.float().to(device) for t in _inputs(2, 8, 7, 7, 8, 3, 2))
+    x, w, b = (t.float().to(device) for t in conv_inputs(2, 8, 7, 7, 8, 3, 2))
     w.requires_grad_()
     with torch.autocast(device, dtype=dtype):
-        y = conv2d_relu(x, w, b, 1, 1, 2)
+        y = conv2d_relu(x, w, b, 1, 1, groups=2)
     assert y.dtype == dtype
     y.float().sum().backward()
     assert w.grad.dtype == torch.float32
@@ -254,7 +235,7 @@ def test_fp32_follows_cudnn_tf32_switch(device, monkeypatch, allow):
 
     monkeypatch.setattr(conv_ops, "_forward", spy)
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", allow)
-    x, w, b = (t.float().to(device) for t in _inputs(1, 4, 5, 5, 4, 3, 1))
+    x, w, b = (t.float().to(device) for t in conv_inputs(1, 4, 5, 5, 4, 3, 1))
     conv2d(x, w, b, 1, 1)
     assert seen == [allow]
     assert conv_kernels.input_precision(torch.float32, allow) == ("tf32" if allow else "ieee")
@@ -283,7 +264,16 @@ def _error_cases():
         ("stride", dict(stride=0), ValueError),
         ("stride", dict(stride=(1, 2, 3)), ValueError),
         ("padding", dict(padding=-1), ValueError),
-        ("padding", dict(padding="same"), TypeError),
+        ("padding", dict(padding="full"), ValueError),
+        ("padding", dict(padding=(1, 2, 3)), ValueError),
+        ("padding", dict(padding=1.0), TypeError),
+        ("padding", dict(padding="same", stride=2), ValueError),  # as torch: stride 1 only
+        ("dilation", dict(dilation=0), ValueError),
+        ("dilation", dict(dilation=(1, 2, 3)), ValueError),
+        ("dilation", dict(dilation=1.5), TypeError),
+        ("weight", dict(dilation=5), ValueError),  # spans 11 > the padded 10
+        ("weight", dict(weight=torch.randn(0, 2, 3, 3)), ValueError),
+        ("stride", dict(stride=True), TypeError),
     ]
 
 
@@ -312,9 +302,9 @@ def test_torch_compile_fullgraph(device):
     backend = "inductor" if device == "cuda" else "aot_eager"
 
     def block(x, w, b):
-        return conv2d_relu(x, w, b, 1, 1, 2).square().sum()
+        return conv2d_relu(x, w, b, 1, 1, groups=2).square().sum()
 
-    x, w, b = (t.float().to(device).requires_grad_() for t in _inputs(2, 8, 6, 7, 8, 3, 2))
+    x, w, b = (t.float().to(device).requires_grad_() for t in conv_inputs(2, 8, 6, 7, 8, 3, 2))
     compiled = torch.compile(block, fullgraph=True, backend=backend)
     got = torch.autograd.grad(compiled(x, w, b), (x, w, b))
     want = torch.autograd.grad(block(x, w, b), (x, w, b))
@@ -346,29 +336,46 @@ PRECISIONS = {
 }
 
 
+def _all_configurations(dtype):
+    """Every convolution autotuner of ``dtype``'s width over its whole list (tuned afresh)."""
+    size = torch.empty((), dtype=dtype).element_size()
+    return tuner_configs({conv_kernels.TUNERS[kind][size]: configs[size]
+                          for kind, configs in conv_kernels.CONFIGS.items()})
+
+
 @pytest.mark.skipif(not CUDA, reason="needs CUDA (full AlexNet shapes at batch 128)")
+@pytest.mark.parametrize("tuning", ["default-config", "autotuned"])
 @pytest.mark.parametrize("precision", list(PRECISIONS))
 @pytest.mark.parametrize("layer", list(ALEXNET))
-def test_alexnet_full_size(layer, precision, monkeypatch):
+def test_alexnet_full_size(layer, precision, tuning, monkeypatch):
+    """The default configuration, and whichever configuration the autotuner picks here."""
     dtype, tf32, rel = PRECISIONS[precision]
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", tf32)
+    if tuning == "autotuned":
+        with _all_configurations(dtype):
+            _check_full_size(layer, precision)
+    else:
+        _check_full_size(layer, precision)
+
+
+def _check_full_size(layer, precision):
+    dtype, _, rel = PRECISIONS[precision]
     p = ALEXNET[layer]
-    x, w, b = _inputs(128, p["c"], p["h"], p["h"], p["cout"], p["k"], p["groups"])
+    x, w, b = conv_inputs(128, p["c"], p["h"], p["h"], p["cout"], p["k"], p["groups"])
     x, w, b = (t.to("cuda", dtype) for t in (x, w, b))
-    args = (p["stride"], p["padding"], p["groups"])
+    kwargs = dict(stride=p["stride"], padding=p["padding"], groups=p["groups"])
     input_grad = layer != "conv1"
-    dy = torch.randn(F.conv2d(x.to("meta"), w.to("meta"), None, *args[:2], 1, args[2]).shape,
+    dy = torch.randn(F.conv2d(x.to("meta"), w.to("meta"), None, **kwargs).shape,
                      device="cuda", dtype=dtype)
-    y, dx, dw, db = _grads(conv2d_relu, x, w, b, args, dy, input_grad)
+    y, dx, dw, db = conv_grads(conv2d_relu, x, w, b, kwargs, dy, input_grad)
 
     # Reference in fp64 on the GPU. Gradients use the mask from our own output: over millions
     # of outputs a few pre-activations lie within rounding of 0 and may flip sign, which would
     # compare two correct answers to different masks.
     x64, w64, b64 = (t.double() for t in (x, w, b))
-    y_ref = F.relu(F.conv2d(x64, w64, b64, *args[:2], 1, args[2]))
+    y_ref = F.relu(F.conv2d(x64, w64, b64, **kwargs))
     dy_masked = torch.where(y > 0, dy, torch.zeros_like(dy)).double()
-    _, dx_ref, dw_ref, db_ref = _grads(lambda x, w, b, s, p_, g: F.conv2d(x, w, b, s, p_, 1, g),
-                                       x64, w64, b64, args, dy_masked, input_grad)
+    _, dx_ref, dw_ref, db_ref = conv_grads(F.conv2d, x64, w64, b64, kwargs, dy_masked, input_grad)
     for name, got, ref in (("output", y, y_ref), ("grad_input", dx, dx_ref),
                            ("grad_weight", dw, dw_ref), ("grad_bias", db, db_ref)):
         if ref is None:
@@ -376,3 +383,42 @@ def test_alexnet_full_size(layer, precision, monkeypatch):
             continue
         err = (got.double() - ref).abs().max().item() / ref.abs().max().item()
         assert err <= rel, f"{layer} {precision} {name}: max error {err:.2e} of max |ref|"
+
+
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("input_grad", [True, False],
+                         ids=["with-input-grad", "relu-in-weight-grad"])
+def test_cuda_graph_capture_and_replay(input_grad):
+    """Forward and backward are capturable in one CUDA graph (no host sync, no allocation a
+    capture forbids) and a replay on new data gives the eager results, bit for bit."""
+    c, cout, k, groups = (3, 16, 5, 1) if not input_grad else (8, 16, 3, 2)
+    x, w, b = (t.float().cuda() for t in conv_inputs(4, c, 19, 17, cout, k, groups))
+    x.requires_grad_(input_grad)
+    w.requires_grad_()
+    b.requires_grad_()
+    leaves = [t for t in (x, w, b) if t.requires_grad]
+    dy = torch.randn(F.conv2d(x.to("meta"), w.to("meta"), None, 2, 1, 1, groups).shape,
+                     device="cuda")
+
+    def step():
+        y = conv2d_relu(x, w, b, 2, 1, groups=groups)
+        return (y, *torch.autograd.grad(y, leaves, dy))
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up: compile (and tune) outside the capture
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()
+    with torch.no_grad():
+        for t in (x, w, b, dy):
+            t.copy_(torch.randn_like(t))
+    graph.replay()
+    torch.cuda.synchronize()
+    eager = step()
+    assert captured[0].shape == eager[0].shape
+    for got, want in zip(captured, eager):
+        assert torch.equal(got, want)
