@@ -43,9 +43,9 @@ def _compare(ours, reference, inputs, dtype):
     tol = tolerance(dtype, atol=1e-2) if dtype in (torch.float16, torch.bfloat16) \
         else tolerance(dtype)
     torch.testing.assert_close(y, y_ref.to(dtype), **tol)
-    dy = torch.randn(y.shape, dtype=torch.float64)
-    grads = torch.autograd.grad(y, ours_in, dy.to(dtype))
-    grads_ref = torch.autograd.grad(y_ref, ref_in, dy)
+    dy = torch.randn(y.shape, dtype=torch.float64).to(dtype)  # both sides see the same dy
+    grads = torch.autograd.grad(y, ours_in, dy)
+    grads_ref = torch.autograd.grad(y_ref, ref_in, dy.double())
     for g, g_ref in zip(grads, grads_ref):
         assert g.dtype == dtype
         torch.testing.assert_close(g, g_ref.to(dtype), **tol)
@@ -190,20 +190,10 @@ def test_gemm_layers(name, dtype):
     assert all(p.dtype == dtype for p in module.parameters())
 
 
-# torch's CPU bf16 convolution backward accumulates in bf16: on these inputs its grad_input is
-# off by up to 0.18 (relative) at small values where an fp32 computation rounded once is within
-# bf16's rounding. The conv reference path runs F.conv2d in bf16 instead of in
-# fastalex.backend.reference_dtype's fp32.
-_BF16_CONV = pytest.mark.xfail(
-    strict=True, reason="conv reference path computes bf16 in bf16 on the CPU (torch's bf16 "
-    "conv backward loses precision); should compute in reference_dtype (fp32) and round once")
-
-
 def _gemm_function_cases():
     for name in ("conv2d", "conv2d_relu", "linear", "linear_relu"):
         for dtype in DTYPES:
-            marks = [_BF16_CONV] if name.startswith("conv") and dtype == torch.bfloat16 else []
-            yield pytest.param(name, dtype, marks=marks, id=f"{name}-{dtype}")
+            yield pytest.param(name, dtype, id=f"{name}-{dtype}")
 
 
 @pytest.mark.parametrize("name, dtype", list(_gemm_function_cases()))

@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from fastalex.backend import uses_triton
+from fastalex.backend import reference_dtype, uses_triton
 from fastalex.kernels._runtime import tf32_allowed
 from fastalex.kernels.conv import (
     conv2d_forward,
@@ -213,13 +213,26 @@ def _validate(input, weight, bias, stride, padding, dilation, groups):
     return stride, pads, dilation, groups
 
 
+def _reference(input, weight, bias, stride, padding, pads, dilation, groups, relu):
+    """``F.conv2d`` (+ ReLU) in :func:`reference_dtype`, rounded back to the input's dtype once
+    (torch's CPU bf16 convolution backward accumulates in bf16). Autocast keeps its own casts."""
+    dtype = input.dtype
+    compute = dtype if torch.is_autocast_enabled(input.device.type) else reference_dtype(input)
+
+    def cast(t):
+        return t if t is None or t.dtype == compute else t.to(compute)
+
+    y = F.conv2d(cast(input), cast(weight), cast(bias), stride,
+                 padding if isinstance(padding, str) else (pads[0], pads[2]), dilation, groups)
+    y = F.relu(y) if relu else y
+    return y.to(dtype) if compute != dtype else y
+
+
 def _conv(input, weight, bias, stride, padding, dilation, groups, relu):
     stride, pads, dilation, groups = _validate(input, weight, bias, stride, padding, dilation,
                                                groups)
     if not uses_triton(input):
-        y = F.conv2d(input, weight, bias, stride, padding if isinstance(padding, str)
-                     else (pads[0], pads[2]), dilation, groups)
-        return F.relu(y) if relu else y
+        return _reference(input, weight, bias, stride, padding, pads, dilation, groups, relu)
     # channels-last in the autocast copy: the kernels would convert an NCHW input anyway
     input, weight, bias = autocast_cast(input.device.type, input, weight, bias,
                                         memory_format_4d=_CL)
