@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from helpers import tolerance
 
+from fastalex.kernels._runtime import pinned_configs
 from fastalex.ops.conv import conv2d, conv2d_relu
 
 CL = torch.channels_last
@@ -82,14 +83,9 @@ def check_conv(device, dtype, n, c, h, w, cout, k, stride=1, padding=0, groups=1
 
 @contextlib.contextmanager
 def tuner_configs(configs_by_tuner: dict):
-    """Run each Triton autotuner in ``configs_by_tuner`` over the given configurations while
-    the block is active (one config: that one is launched, no benchmarking; several: they are
-    tuned afresh), then restore its own list and cache."""
-    saved = [(tuner, tuner.configs, tuner.cache) for tuner in configs_by_tuner]
-    try:
+    """Each Triton autotuner in ``configs_by_tuner`` choosing among its given configurations
+    inside the block (kernels._runtime.pinned_configs for each)."""
+    with contextlib.ExitStack() as stack:
         for tuner, configs in configs_by_tuner.items():
-            tuner.configs, tuner.cache = list(configs), {}
+            stack.enter_context(pinned_configs(tuner, configs))
         yield
-    finally:
-        for tuner, configs, cache in saved:
-            tuner.configs, tuner.cache = configs, cache

@@ -15,3 +15,9 @@ TOLERANCES = {
 def tolerance(dtype: torch.dtype, **override) -> dict:
     """``assert_close`` keyword arguments for ``dtype``, with ``override`` applied."""
     return {**TOLERANCES[dtype], **override}
+
+
+def config_id(config) -> str:
+    """A short test id for a Triton configuration: its block sizes and warps."""
+    blocks = "-".join(f"{k}{v}" for k, v in config.kwargs.items())
+    return f"{blocks}-w{config.num_warps}"

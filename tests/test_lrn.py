@@ -13,8 +13,7 @@ import inspect
 import pytest
 import torch
 import torch.nn.functional as F
-from autotune_pin import config_id, kernel_configs
-from helpers import tolerance
+from helpers import config_id, tolerance
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -22,6 +21,7 @@ from torch import nn
 import fastalex.functional
 import fastalex.layers
 from fastalex.kernels import lrn as kernels
+from fastalex.kernels._runtime import pinned_configs
 from fastalex.ops.lrn import lrn
 
 FLOATS = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
@@ -345,8 +345,8 @@ def test_alexnet_shapes(device, dtype, layout, shape, autotuned):
         pytest.skip("needs CUDA (full AlexNet shapes)")
     x = _layout(torch.relu(torch.randn(shape, device=device) * 30).to(dtype), layout)
     configs = kernels._CONFIGS if autotuned else kernels._CONFIGS[:1]
-    with kernel_configs(kernels._lrn_fwd_kernel, configs), \
-            kernel_configs(kernels._lrn_bwd_kernel, configs):
+    with pinned_configs(kernels._lrn_fwd_kernel, configs), \
+            pinned_configs(kernels._lrn_bwd_kernel, configs):
         _check(x, **ALEXNET)
 
 
@@ -397,8 +397,8 @@ def _config_input(config, channels_last, dtype, device):
                          ids=[f"{config_id(c)}-{'cl' if cl else 'nchw'}" for c, cl in _pickable()])
 def test_every_config(device, config, channels_last, dtype):
     x = _config_input(config, channels_last, dtype, device)
-    with kernel_configs(kernels._lrn_fwd_kernel, [config]), \
-            kernel_configs(kernels._lrn_bwd_kernel, [config]):
+    with pinned_configs(kernels._lrn_fwd_kernel, [config]), \
+            pinned_configs(kernels._lrn_bwd_kernel, [config]):
         _check(x, **ALEXNET)
 
 

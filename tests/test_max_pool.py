@@ -11,8 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import triton
-from autotune_pin import config_id, kernel_configs
-from helpers import tolerance
+from helpers import config_id, tolerance
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -20,6 +19,7 @@ from torch import nn
 import fastalex.functional
 import fastalex.layers
 from fastalex.kernels import max_pool as kernels
+from fastalex.kernels._runtime import pinned_configs
 from fastalex.kernels.max_pool import index_dtype, max_pool2d_forward
 from fastalex.ops.max_pool import _output_size, max_pool2d
 
@@ -453,7 +453,7 @@ def test_every_config(device, config, block_q, layout, dtype):
     """Forward (with and without the arg-max and indices) and backward in one configuration."""
     shape, args = _config_shape(layout, config.kwargs["BLOCK_R"], block_q), (3, 1, 1)
     x = _layout(torch.randn(shape).to(dtype), layout, device)
-    with kernel_configs(kernels._fwd, [config]), kernel_configs(kernels._bwd, [config]):
+    with pinned_configs(kernels._fwd, [config]), pinned_configs(kernels._bwd, [config]):
         _check(x, args, indices=True)
         with torch.no_grad():
             y = max_pool2d(x, *args)
@@ -474,7 +474,7 @@ def test_alexnet_shapes(device, shape, layout, autotuned, monkeypatch):
     x = torch.relu(torch.randn(shape, device=device)).to(torch.bfloat16)
     x = x.contiguous(memory_format=fmt).requires_grad_()
     configs = kernels._CONFIGS  # and an empty cache of choices: a fresh one for this test
-    with kernel_configs(kernels._fwd, configs), kernel_configs(kernels._bwd, configs):
+    with pinned_configs(kernels._fwd, configs), pinned_configs(kernels._bwd, configs):
         y = max_pool2d(x, 3, 2)
         dy = torch.randn_like(y)
         (dx,) = torch.autograd.grad(y, x, dy)
