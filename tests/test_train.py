@@ -261,3 +261,56 @@ def test_each_unreadable_file_is_one_clean_line(tiny_data, tmp_path, capsys):
                          for line in named), err
     assert not [line for line in err if "warn" in line.lower() and line not in named], err
     assert checkpoint.load(out / "checkpoint.pt")["step"] == 5  # 39 images, batch 8
+
+
+# --- CUDA: --cuda-graph end to end (fastalex's Triton kernels, no reference ops) ---------------
+
+GPU_RUN = [*TINY[:-2], "--device", "cuda", "--optimizer", "sgd", "--lr", "0.01",
+           "--lr-schedule", "cosine", "--warmup-epochs", "0.5", "--seed", "5"]
+needs_cuda = pytest.mark.skipif(not (CUDA and not fastalex.backend.INTERPRET),
+                                reason="needs CUDA")
+
+
+def _final_weights(out):
+    return checkpoint.load(out / "checkpoint.pt")["model"]
+
+
+@needs_cuda
+def test_cuda_graph_run_equals_the_eager_run(tiny_data, tmp_path, capsys):
+    """Two epochs, dropout on, a per-step cosine schedule: the graphed run's metrics and weights
+    are the eager run's (the graph reads the lr as a float32 tensor: a rounding apart)."""
+    for name, extra in (("eager", []), ("graph", ["--cuda-graph"])):
+        assert train.main([str(a) for a in ["--data", tiny_data, *GPU_RUN, "--epochs", "2",
+                                            *extra, "--output-dir", tmp_path / name]]) == 0
+    assert "each step replayed as one CUDA graph" in capsys.readouterr().out
+    eager, graph = rows(tmp_path / "eager"), rows(tmp_path / "graph")
+    for a, b in zip(eager, graph, strict=True):
+        for key in ("train_loss", "val_loss", "lr"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4), key
+        assert (a["step"], a["val_top1_error"]) == (b["step"], b["val_top1_error"])
+    a, b = _final_weights(tmp_path / "eager"), _final_weights(tmp_path / "graph")
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5)
+
+
+@needs_cuda
+def test_cuda_graph_drops_the_short_batch_and_resumes_exactly(tiny_data, tmp_path):
+    """Batch 12 of 40 images: 3 graphed steps per epoch (the short 4th batch dropped, the
+    schedule sized for 3); two epochs straight == one epoch, --resume, the second (the resumed
+    run captures its graph anew and keeps --cuda-graph from the checkpoint)."""
+    common = ["--data", tiny_data, *GPU_RUN, "-b", "12", "--epochs", "2", "--cuda-graph"]
+    assert train.main([str(a) for a in [*common, "--output-dir", tmp_path / "a"]]) == 0
+    assert train.main([str(a) for a in [*common, "--stop-after", "1",
+                                        "--output-dir", tmp_path / "b"]]) == 0
+    assert train.main([str(a) for a in ["--resume", tmp_path / "b" / "checkpoint.pt",
+                                        "--device", "cuda", "-j", "0", "--no-progress"]]) == 0
+    straight, resumed = rows(tmp_path / "a"), rows(tmp_path / "b")
+    assert [r["step"] for r in straight] == [3, 6]
+    assert [{k: v for k, v in r.items() if k not in TIMING} for r in straight] == \
+        [{k: v for k, v in r.items() if k not in TIMING} for r in resumed]
+    a, b = _final_weights(tmp_path / "a"), _final_weights(tmp_path / "b")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    state = checkpoint.load(tmp_path / "b" / "checkpoint.pt")
+    assert state["args"]["cuda_graph"] is True
+    assert not isinstance(state["optimizer"]["param_groups"][0]["lr"], torch.Tensor)

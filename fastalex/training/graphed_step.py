@@ -140,9 +140,11 @@ class GraphedTrainStep:
                                        amp_dtype=self.amp_dtype, warmup=self.warmup)
         if weight == 1.0 and self.graphed is not None and self.graphed.accepts(images, targets):
             return self.graphed(images, targets)
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        static = [p.grad for p in params]  # the graph's gradients (None before the capture)
         out = self.eager(images, targets, weight)
-        # The eager gradients are not the graph's (those stay in its pool): free them.
-        self.optimizer.zero_grad(set_to_none=True)
+        for p, grad in zip(params, static):  # the eager ones are freed
+            p.grad = grad
         return out
 
 
