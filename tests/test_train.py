@@ -314,3 +314,27 @@ def test_cuda_graph_drops_the_short_batch_and_resumes_exactly(tiny_data, tmp_pat
     state = checkpoint.load(tmp_path / "b" / "checkpoint.pt")
     assert state["args"]["cuda_graph"] is True
     assert not isinstance(state["optimizer"]["param_groups"][0]["lr"], torch.Tensor)
+
+
+def test_cuda_graph_loaders_drop_the_short_batch(tiny_data):
+    """--cuda-graph: the training loader drops the last short batch (one shape for the graph)
+    and the per-step schedule is sized for the batches it gives; validation keeps every image."""
+    from pathlib import Path
+
+    from fastalex.training.distributed import DistInfo
+
+    args = options.resolve(["--data", str(tiny_data), *TINY, "-b", "12", "--lr-schedule",
+                            "cosine", "--epochs", "2"])
+    lengths = {}
+    for graph in (False, True):
+        args.cuda_graph = graph
+        data_dir, image_stats = builders.locate_data(args, DistInfo(), Path(tiny_data))
+        train_set, val_set = builders.build_datasets(args, data_dir, image_stats)
+        train_loader, val_loader, _ = builders.make_loaders(
+            args, DistInfo(), train_set, val_set, torch.device("cpu"), torch.Generator())
+        model = torch.nn.Linear(2, 2)
+        scheduler = builders.build_scheduler(args, torch.optim.SGD(model.parameters(), lr=0.1),
+                                             len(train_loader))
+        lengths[graph] = (len(train_loader), scheduler._schedulers[1].T_max,
+                          sum(len(y) for _, y in val_loader))
+    assert lengths == {False: (4, 8, 20), True: (3, 6, 20)}  # 40 images, 2 epochs
