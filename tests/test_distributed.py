@@ -47,6 +47,40 @@ def test_training_cli_under_torchrun(tmp_path):
     assert len(state["rng"]) == 2  # every rank's generators, for an exact --resume
 
 
+def test_a_rank_whose_whole_batch_is_unreadable_still_steps(tmp_path):
+    """Rank 1's first batch is four corrupt files. It runs a weight-0 placeholder batch instead,
+    so it joins that step's gradient all-reduce: the run finishes (no rank waits forever), both
+    ranks take 5 steps and end with identical parameters, and each corrupt file is named on
+    one clean stderr line (warned in the loader's worker processes, -j 1)."""
+    from torch.utils.data.distributed import DistributedSampler
+    from torchvision.datasets import ImageFolder
+
+    data = ensure_builtin_dataset(tmp_path / "tiny", image_size=72, train_per_class=4,
+                                  val_per_class=2, progress=False, workers=1)
+    train = ImageFolder(data / "train")
+    sampler = DistributedSampler(train, num_replicas=2, rank=1, shuffle=True, seed=0)
+    sampler.set_epoch(0)
+    bad = [train.samples[i][0] for i in list(sampler)[:4]]  # rank 1's first batch of 4
+    for path in bad:
+        with open(path, "wb") as f:
+            f.write(b"not a jpeg")
+    out = tmp_path / "run"
+    proc = torchrun(["-m", "fastalex.train", "--data", data, "--image-size", "70", "--crop", "67",
+                     "-b", "4", "-j", "1", "--epochs", "1", "--optimizer", "sgd", "--lr", "0.01",
+                     "--seed", "0", "--stats-images", "1", "--device", "cpu",
+                     "--output-dir", out, "--no-progress"], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "DDP check: parameters identical on all 2 ranks" in proc.stdout
+    assert checkpoint.load(out / "checkpoint.pt")["step"] == 5
+    lines = proc.stderr.splitlines()
+    for path in bad:
+        named = [line for line in lines if path in line]
+        assert len(named) == 1, proc.stderr
+        assert named[0].startswith(f"warning: skipping unreadable image {path}: "), named
+    assert not [line for line in lines if "Warning" in line or "warnings.warn" in line], \
+        proc.stderr
+
+
 _WORKER = textwrap.dedent("""
     import sys, torch, torch.distributed as dist
     import torch.nn.functional as F

@@ -10,8 +10,8 @@ from fastalex.training import checkpoint, options, presets
 from fastalex.training.startup import UsageError
 
 # The flags of one process, never carried over by --resume.
-PROCESS_FLAGS = {"device", "workers", "gpu_decode", "compile", "resume", "output_dir",
-                 "stop_after", "evaluate", "print_freq", "no_progress"}
+PROCESS_FLAGS = {"device", "workers", "gpu_decode", "compile", "compile_mode", "resume",
+                 "output_dir", "stop_after", "evaluate", "print_freq", "no_progress"}
 
 
 def _help(argv, capsys) -> str:
@@ -63,7 +63,8 @@ def test_help_explains_every_flag(capsys):
     for flag in ("--data", "--epochs", "--batch-size", "-b", "--lr", "--momentum", "--wd",
                  "--workers", "-j", "--amp", "--channels-last", "--compile", "--device",
                  "--seed", "--resume", "--output-dir", "--evaluate", "--ten-crop",
-                 "--print-freq", "--image-size", "--crop", "--lr-patience", "torchrun"):
+                 "--print-freq", "--image-size", "--crop", "--lr-patience", "torchrun",
+                 "--cuda-graph", "--no-cuda-graph", "--compile-mode"):
         assert flag in text, flag
 
 
@@ -151,3 +152,56 @@ def test_unreadable_checkpoint(tmp_path):
         options.resolve(["--resume", str(tmp_path / "junk.pt")])
     with pytest.raises(UsageError, match="no such file"):
         options.resolve(["--resume", str(tmp_path / "missing.pt")])
+
+
+def test_compile_mode_choices_and_default(capsys):
+    text = _help([], capsys)
+    assert "--compile-mode {default,reduce-overhead,max-autotune}" in text
+    assert _entries(text)["--compile-mode"].endswith("(default: default)")
+    assert "(default: False)" in _entries(_help([], capsys))["--cuda-graph"]
+    args = options.resolve(["--compile", "--compile-mode", "max-autotune"])
+    assert (args.compile, args.compile_mode) == (True, "max-autotune")
+    with pytest.raises(UsageError, match="--compile-mode reduce-overhead needs --compile"):
+        options.resolve(["--compile-mode", "reduce-overhead"])
+
+
+def _graph_args(**changes):
+    """A configuration that --cuda-graph accepts (as on a CUDA machine), then ``changes``."""
+    args = options.resolve(["--device", "cpu"])
+    for key, value in {"device": "cuda", "cuda_graph": True, "amp": "bf16", **changes}.items():
+        setattr(args, key, value)
+    return args
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"device": "cpu"}, "--cuda-graph needs a CUDA device, got --device cpu"),
+    ({"amp": "fp16"}, "--cuda-graph cannot run --amp fp16"),
+    ({"compile": True}, "--cuda-graph and --compile exclude each other"),
+])
+def test_cuda_graph_refusals(changes, message, monkeypatch):
+    for name in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    options.check(_graph_args())
+    with pytest.raises(UsageError, match=message) as exc:
+        options.check(_graph_args(**changes))
+    assert "\n" not in str(exc.value)
+
+
+def test_cuda_graph_refuses_ddp(monkeypatch):
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(UsageError, match="--cuda-graph runs one process: under torchrun"):
+        options.check(_graph_args())
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    options.check(_graph_args())
+
+
+def test_cuda_graph_is_a_run_flag(tmp_path):
+    """It drops each epoch's last short batch, so a resumed run keeps it (and its schedule);
+    --no-cuda-graph turns it off."""
+    path = _saved_run(tmp_path, cuda_graph=True)
+    assert options.resolve(["--resume", str(path), "--no-cuda-graph"]).cuda_graph is False
+    args = options.build_parser().parse_args(["--resume", str(path)])
+    assert args.cuda_graph is None  # not given: resolve takes the checkpoint's
+    saved = options._saved_flags(path, {"cuda_graph"})
+    assert saved == {"cuda_graph": True}

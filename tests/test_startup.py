@@ -70,3 +70,33 @@ def test_help_formatter_shows_defaults(capsys):
     assert "shown where I say (2) only\n" in text
     assert "kept:\n  as written" in text
     assert max(len(line) for line in text.splitlines()) < 100  # the description is wrapped
+
+
+def test_a_stopped_run_is_one_line_exit_1(capsys):
+    def stops():
+        raise startup.TrainingError("non-finite training loss at epoch 2, step 7: stopped")
+
+    assert startup.run_cli("prog", stops) == 1
+    assert capsys.readouterr().err == \
+        "prog: error: non-finite training loss at epoch 2, step 7: stopped\n"
+
+
+def test_fastalex_warnings_print_as_one_line(capsys):
+    """Python prints a warning as file:line: Category: message and the source line under it;
+    fastalex's own (an unreadable image skipped) are one line, other warnings unchanged."""
+    import warnings
+
+    from fastalex.training.data.datasets import CorruptImageWarning
+
+    seen = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda message, *rest: seen.append(str(message))
+        startup.install_warning_format()
+        startup.install_warning_format()  # idempotent: a forked worker inherits it
+        warnings.warn("skipping unreadable image a/b.jpg: cannot\n  identify it",
+                      CorruptImageWarning)
+        warnings.warn("someone else's", UserWarning)
+    assert capsys.readouterr().err == \
+        "warning: skipping unreadable image a/b.jpg: cannot identify it\n"
+    assert seen == ["someone else's"]

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import fastalex
-from fastalex.training import checkpoint, options, train
+from fastalex.training import builders, checkpoint, options, train
 from train_helpers import TINY, main_in_process, rows, subprocess_env, tiny_data  # noqa: F401
 
 CUDA = torch.cuda.is_available()
@@ -97,11 +97,13 @@ def test_exact_resume(tiny_data, tmp_path):
     (["--lr", "-1"], "--lr must be > 0"),
     (["--evaluate"], "--evaluate needs --resume"),
     (["--resume", "/no/such/checkpoint.pt"], "no such file"),
+    (["--cuda-graph"], "--cuda-graph needs a CUDA device, got --device cpu"),
+    (["--compile-mode", "max-autotune"], "--compile-mode max-autotune needs --compile"),
 ])
 def test_errors_are_one_clear_line(args, message, capsys):
-    assert main_in_process(args) == 2
+    assert main_in_process([*args, "--device", "cpu"]) == 2
     err = capsys.readouterr().err
-    assert message in err and "Traceback" not in err
+    assert message in err and "Traceback" not in err and err.count("\n") == 1
 
 
 def test_missing_split_is_a_data_error(tmp_path, capsys):
@@ -180,3 +182,159 @@ def test_resume_refuses_a_changed_schedule(tiny_data, tmp_path, capsys):
     assert main_in_process(["--data", tiny_data, *TINY, "--epochs", "1", "--output-dir", out]) == 0
     assert main_in_process(["--resume", out / "checkpoint.pt", *TINY, "--epochs", "2"]) == 0
     assert [r["epoch"] for r in rows(out)] == [1, 2]
+
+
+def _poison_training_forward(monkeypatch, at_call: int):
+    """The built model's output turns NaN at its ``at_call``-th training forward (1-based)."""
+    build = builders.build_model
+    calls = []
+
+    def build_model(*args, **kwargs):
+        model = build(*args, **kwargs)
+
+        def hook(module, inputs, output):
+            if module.training:
+                calls.append(1)
+                if len(calls) == at_call:
+                    return output * float("nan")
+            return output
+
+        model.register_forward_hook(hook)
+        return model
+
+    monkeypatch.setattr(builders, "build_model", build_model)
+
+
+def test_a_non_finite_loss_stops_the_run_keeping_the_last_checkpoint(tiny_data, tmp_path,
+                                                                     capsys, monkeypatch):
+    """A NaN loss at the 7th step (epoch 2 of batch 8 on 40 images): exit 1 with one line naming
+    epoch 2 and step 7; epoch 1's checkpoint and metrics stay as written."""
+    _poison_training_forward(monkeypatch, at_call=7)
+    out = tmp_path / "run"
+    assert main_in_process(["--data", tiny_data, *TINY, "--epochs", "3",
+                            "--output-dir", out]) == 1
+    err = capsys.readouterr().err
+    line = (f"python -m fastalex.train: error: non-finite training loss (NaN or Inf) at epoch "
+            f"2, step 7: the run stopped; {out / 'checkpoint.pt'} (epoch 1) is the last good "
+            "checkpoint\n")
+    assert err.endswith(line) and "Traceback" not in err
+    state = checkpoint.load(out / "checkpoint.pt")
+    assert state["epoch"] == 1 and state["step"] == 5
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+    assert [r["epoch"] for r in rows(out)] == [1]
+
+
+def test_compile_mode_reaches_torch_compile(tiny_data, tmp_path, monkeypatch, capsys):
+    """--compile --compile-mode M: the model goes through torch.compile(mode=M) and trains (on
+    the CPU with the cheap aot_eager backend; Inductor's C++ build would take minutes)."""
+    calls = []
+    real = torch.compile
+
+    def compile_(model, **kwargs):
+        calls.append(kwargs)
+        return real(model, backend="aot_eager")
+
+    monkeypatch.setattr(torch, "compile", compile_)
+    out = tmp_path / "run"
+    assert main_in_process(["--data", tiny_data, *TINY, "--epochs", "1", "--compile",
+                            "--compile-mode", "max-autotune", "--output-dir", out]) == 0
+    assert calls == [{"mode": "max-autotune"}]
+    assert "torch.compile mode max-autotune" in capsys.readouterr().out
+    (row,) = rows(out)
+    assert row["train_loss"] > 0 and checkpoint.load(out / "checkpoint.pt")["step"] == 5
+
+
+def test_each_unreadable_file_is_one_clean_line(tiny_data, tmp_path, capsys):
+    """A corrupt training image: one line naming it on stderr per pass over it (the statistics
+    pass and the epoch), no Python source line under it, and the run goes on."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    bad = sorted((data / "train").rglob("*.jpg"))[5]
+    bad.write_bytes(b"not an image")
+    out = tmp_path / "run"
+    assert main_in_process(["--data", data, *TINY, "--epochs", "1", "--output-dir", out]) == 0
+    err = capsys.readouterr().err.splitlines()
+    named = [line for line in err if str(bad) in line]
+    assert named and all(line.startswith(f"warning: skipping unreadable image {bad}: ")
+                         for line in named), err
+    assert not [line for line in err if "warn" in line.lower() and line not in named], err
+    assert checkpoint.load(out / "checkpoint.pt")["step"] == 5  # 39 images, batch 8
+
+
+# --- CUDA: --cuda-graph end to end (fastalex's Triton kernels, no reference ops) ---------------
+
+GPU_RUN = [*TINY[:-2], "--device", "cuda", "--optimizer", "sgd", "--lr", "0.01",
+           "--lr-schedule", "cosine", "--warmup-epochs", "0.5", "--seed", "5"]
+needs_cuda = pytest.mark.skipif(not (CUDA and not fastalex.backend.INTERPRET),
+                                reason="needs CUDA")
+
+
+def _final_weights(out):
+    return checkpoint.load(out / "checkpoint.pt")["model"]
+
+
+@needs_cuda
+def test_cuda_graph_run_equals_the_eager_run(tiny_data, tmp_path, capsys):
+    """Two epochs, dropout on, a per-step cosine schedule: the graphed run's metrics and weights
+    are the eager run's (the graph reads the lr as a float32 tensor: a rounding apart)."""
+    for name, extra in (("eager", []), ("graph", ["--cuda-graph"])):
+        assert train.main([str(a) for a in ["--data", tiny_data, *GPU_RUN, "--epochs", "2",
+                                            *extra, "--output-dir", tmp_path / name]]) == 0
+    assert "each step replayed as one CUDA graph" in capsys.readouterr().out
+    eager, graph = rows(tmp_path / "eager"), rows(tmp_path / "graph")
+    for a, b in zip(eager, graph, strict=True):
+        for key in ("train_loss", "val_loss", "lr"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4), key
+        assert (a["step"], a["val_top1_error"]) == (b["step"], b["val_top1_error"])
+    a, b = _final_weights(tmp_path / "eager"), _final_weights(tmp_path / "graph")
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5)
+
+
+@needs_cuda
+def test_cuda_graph_drops_the_short_batch_and_resumes_exactly(tiny_data, tmp_path):
+    """Batch 12 of 40 images: 3 graphed steps per epoch (the short 4th batch dropped, the
+    schedule sized for 3); two epochs straight == one epoch, --resume, the second (the resumed
+    run captures its graph anew and keeps --cuda-graph from the checkpoint)."""
+    common = ["--data", tiny_data, *GPU_RUN, "-b", "12", "--epochs", "2", "--cuda-graph"]
+    assert train.main([str(a) for a in [*common, "--output-dir", tmp_path / "a"]]) == 0
+    assert train.main([str(a) for a in [*common, "--stop-after", "1",
+                                        "--output-dir", tmp_path / "b"]]) == 0
+    assert train.main([str(a) for a in ["--resume", tmp_path / "b" / "checkpoint.pt",
+                                        "--device", "cuda", "-j", "0", "--no-progress"]]) == 0
+    straight, resumed = rows(tmp_path / "a"), rows(tmp_path / "b")
+    assert [r["step"] for r in straight] == [3, 6]
+    assert [{k: v for k, v in r.items() if k not in TIMING} for r in straight] == \
+        [{k: v for k, v in r.items() if k not in TIMING} for r in resumed]
+    a, b = _final_weights(tmp_path / "a"), _final_weights(tmp_path / "b")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    state = checkpoint.load(tmp_path / "b" / "checkpoint.pt")
+    assert state["args"]["cuda_graph"] is True
+    assert not isinstance(state["optimizer"]["param_groups"][0]["lr"], torch.Tensor)
+
+
+def test_cuda_graph_loaders_drop_the_short_batch(tiny_data):
+    """--cuda-graph: the training loader drops the last short batch (one shape for the graph)
+    and the per-step schedule is sized for the batches it gives; validation keeps every image."""
+    from pathlib import Path
+
+    from fastalex.training.distributed import DistInfo
+
+    args = options.resolve(["--data", str(tiny_data), *TINY, "-b", "12", "--lr-schedule",
+                            "cosine", "--epochs", "2"])
+    lengths = {}
+    for graph in (False, True):
+        args.cuda_graph = graph
+        data_dir, image_stats = builders.locate_data(args, DistInfo(), Path(tiny_data))
+        train_set, val_set = builders.build_datasets(args, data_dir, image_stats)
+        train_loader, val_loader, _ = builders.make_loaders(
+            args, DistInfo(), train_set, val_set, torch.device("cpu"), torch.Generator())
+        model = torch.nn.Linear(2, 2)
+        scheduler = builders.build_scheduler(args, torch.optim.SGD(model.parameters(), lr=0.1),
+                                             len(train_loader))
+        lengths[graph] = (len(train_loader), scheduler._schedulers[1].T_max,
+                          sum(len(y) for _, y in val_loader))
+    assert lengths == {False: (4, 8, 20), True: (3, 6, 20)}  # 40 images, 2 epochs

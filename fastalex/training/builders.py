@@ -11,6 +11,7 @@ from torch.utils.data.distributed import DistributedSampler
 from fastalex.models import alexnet
 from fastalex.training import distributed, schedules
 from fastalex.training.data import builtin, datasets, stats, transforms
+from fastalex.training.startup import install_warning_format
 
 
 def stats_cache_file(data_dir: Path, output_dir: Path, size: int) -> Path:
@@ -102,6 +103,7 @@ def epoch_seed(seed: int, epoch: int, rank: int) -> int:
 def _loader_options(workers: int, device, generator=None) -> dict:
     options = dict(num_workers=workers, pin_memory=device.type == "cuda",
                    collate_fn=datasets.collate_skip_none, generator=generator,
+                   worker_init_fn=install_warning_format,  # one line per unreadable file
                    # Not persistent: workers are re-created each epoch from the re-seeded
                    # generator, which keeps the augmentation identical after --resume.
                    persistent_workers=False)
@@ -132,7 +134,7 @@ def make_loaders(args, info, train_set, val_set, device, generator: torch.Genera
     if args.gpu_decode:  # the batches are (files, targets, paths), decoded on the device
         options["collate_fn"] = datasets.collate_encoded
     train_loader = DataLoader(train_set, batch_size=args.batch_size, sampler=train_sampler,
-                              drop_last=False, **options)
+                              drop_last=args.cuda_graph, **options)  # a graph has one shape
     return train_loader, val_loader(val_set, batch_size=args.batch_size, ten_crop=args.ten_crop,
                                     workers=args.workers, device=device, info=info,
                                     generator=generator), train_sampler

@@ -75,6 +75,14 @@ def all_reduce_max(value: float, info: DistInfo, device) -> float:
     return t.item()
 
 
+def all_reduce_min(value: float, info: DistInfo, device) -> float:
+    """The smallest ``value`` over all ranks."""
+    t = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    if info.enabled:
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return t.item()
+
+
 def gather_objects(obj, info: DistInfo) -> list:
     """Every rank's ``obj`` (picklable), in rank order, on every rank."""
     if not info.enabled:

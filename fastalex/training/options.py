@@ -8,12 +8,14 @@ command line always wins. :func:`resolve` does both and checks the result.
 """
 
 import argparse
+import os
 from pathlib import Path
 
 from fastalex.training import presets
 from fastalex.training.startup import HelpFormatter, UsageError, resolve_device
 
 PROG = "python -m fastalex.train"
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
 DESCRIPTION = (
     "Train the 2012 AlexNet (fastalex's fused Triton kernels on a GPU). Without --data: the "
@@ -25,7 +27,7 @@ DESCRIPTION = (
 EXAMPLES = """\
 examples:
   python -m fastalex.train                                  # built-in dataset, quick recipe
-  python -m fastalex.train --data ~/imagenet --amp bf16 --channels-last -j 16
+  python -m fastalex.train --data ~/imagenet --amp bf16 --channels-last -j 16 --cuda-graph
   torchrun --nproc_per_node=8 -m fastalex.train --data ~/imagenet --amp bf16 -b 128
   python -m fastalex.train --resume runs/shapes/checkpoint.pt           # continue a run
   python -m fastalex.evaluate runs/shapes/model_best.pt                 # score a checkpoint
@@ -98,6 +100,12 @@ def _optimisation_flags(o) -> None:
                    help="autocast mixed precision (fp16 adds a GradScaler), or fp32 throughout")
     o.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
                    help="NHWC memory format for images and conv weights")
+    o.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction,
+                   help="replay each training step (forward, backward, optimizer step) as one "
+                        "CUDA graph, captured after a warm-up: no kernel launch cost. Needs a "
+                        "CUDA device, one process, --amp fp32 or bf16 and no --compile; drops "
+                        "each epoch's last short batch (so a resumed run keeps it; validation "
+                        "runs eagerly)")
 
 
 def _process_flags(r) -> list:
@@ -111,7 +119,12 @@ def _process_flags(r) -> list:
                             "GPU) and crop, flip and light them there, batched; the loader "
                             "workers only read files. For when CPU decoding cannot keep up "
                             "with the GPU (validation stays on the CPU path)"),
-        r.add_argument("--compile", action="store_true", help="torch.compile the model"),
+        r.add_argument("--compile", action="store_true",
+                       help="torch.compile the model (fastalex's ops are custom ops: one node "
+                            "each in the compiled graph)"),
+        r.add_argument("--compile-mode", choices=COMPILE_MODES,
+                       help="torch.compile's mode with --compile: reduce-overhead and "
+                            "max-autotune also replay the compiled code as CUDA graphs"),
         r.add_argument("--resume", metavar="PATH",
                        help="continue from a checkpoint.pt exactly, with its flags as the "
                             "defaults (default: none, a new run)"),
@@ -226,3 +239,25 @@ def check(args) -> None:
         raise UsageError("--pca-std and --warmup-epochs must be >= 0")
     if args.evaluate and not args.resume:
         raise UsageError("--evaluate needs --resume PATH (the checkpoint to score)")
+    if args.compile_mode != "default" and not args.compile:
+        raise UsageError(f"--compile-mode {args.compile_mode} needs --compile")
+    if args.cuda_graph and not args.evaluate:
+        _check_cuda_graph(args)
+
+
+def _check_cuda_graph(args) -> None:
+    """What ``--cuda-graph`` cannot run with, as a UsageError."""
+    from fastalex.training import distributed
+
+    if str(args.device).split(":")[0] != "cuda":
+        raise UsageError(f"--cuda-graph needs a CUDA device, got --device {args.device} "
+                         "(a resumed run turns it off with --no-cuda-graph)")
+    if args.amp == "fp16":
+        raise UsageError("--cuda-graph cannot run --amp fp16: its GradScaler synchronises "
+                         "with the host on every step (use --amp bf16)")
+    if args.compile:
+        raise UsageError("--cuda-graph and --compile exclude each other (--compile "
+                         "--compile-mode reduce-overhead replays torch.compile's own CUDA "
+                         "graphs)")
+    if distributed.launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1:
+        raise UsageError("--cuda-graph runs one process: under torchrun (DDP) train without it")

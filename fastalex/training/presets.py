@@ -17,6 +17,8 @@ COMMON = dict(
     amp="fp32",
     channels_last=False,
     ten_crop=False,
+    cuda_graph=False,
+    compile_mode="default",
     stats_images=10000,
     print_freq=10,
 )

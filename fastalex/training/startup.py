@@ -6,12 +6,18 @@ torch is imported inside the functions, so a command's ``--help`` and flag error
 
 import argparse
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 
 class UsageError(Exception):
     """A problem with the command line or its inputs: printed without a traceback (exit 2)."""
+
+
+class TrainingError(Exception):
+    """A run that had to stop (e.g. its loss stopped being finite), with a complete message:
+    printed without a traceback (exit 1)."""
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -79,14 +85,42 @@ def log(info, *parts) -> None:
         sys.stdout.flush()
 
 
+def install_warning_format(*_) -> None:
+    """Print fastalex's own warnings (an unreadable image skipped, ...) as one line each,
+    ``warning: ...``, in this process; every other warning as before (Python's format: file,
+    line and the source line below). Also a DataLoader ``worker_init_fn``: workers that are not
+    forked do not inherit it."""
+    previous = warnings.showwarning
+    if getattr(previous, "fastalex_one_line", False):
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if not category.__module__.startswith("fastalex"):
+            return previous(message, category, filename, lineno, file, line)
+        from tqdm.auto import tqdm
+
+        tqdm.write("warning: " + " ".join(str(message).split()), file=file or sys.stderr)
+
+    show.fastalex_one_line = True
+    warnings.showwarning = show
+
+
 def run_cli(prog: str, command: Callable[[], int], interrupted: str = "interrupted") -> int:
     """Run ``command``; its exit status, 2 after a :class:`UsageError` (one line, no traceback),
-    130 after Ctrl-C (with the ``interrupted`` message)."""
+    1 after a :class:`TrainingError` (one line), 130 after Ctrl-C (with the ``interrupted``
+    message). fastalex's warnings print as one line each meanwhile."""
+    previous = warnings.showwarning
+    install_warning_format()
     try:
         return command()
     except UsageError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
+    except TrainingError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"{prog}: {interrupted}", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = previous

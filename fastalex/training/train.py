@@ -28,7 +28,8 @@ from fastalex.training import (
     presets,
     schedules,
 )
-from fastalex.training.startup import UsageError, log, run_cli, session
+from fastalex.training.graphed_step import GraphedTrainStep
+from fastalex.training.startup import TrainingError, UsageError, log, run_cli, session
 
 
 @dataclass
@@ -51,6 +52,7 @@ class Run:
     prepare: object
     image_stats: object
     classes: list
+    train_step: object = None  # (images, targets, weight) -> (loss, logits): see _wrap
     start_epoch: int = 0
     step: int = 0
     best: dict | None = None
@@ -75,6 +77,10 @@ def _describe_optimisation(args, info, device) -> str:
         text += f" (warm-up {args.warmup_epochs:g} epochs)"
     text += (f", amp {args.amp or 'fp32'}, channels-last {args.channels_last}, "
              f"workers {args.workers}")
+    if args.cuda_graph:
+        text += ", each step replayed as one CUDA graph (the last short batch dropped)"
+    if args.compile:
+        text += f", torch.compile mode {args.compile_mode}"
     if args.gpu_decode:
         text += f", JPEG decoding and training transform on {device}"
     return text
@@ -143,11 +149,14 @@ def _restore(run: Run, path) -> None:
     saved_schedule = state["args"].get("lr_schedule")
     changed = schedules.shape_differences(run.scheduler.state_dict(), state["scheduler"])
     if saved_schedule != run.args.lr_schedule or changed:
+        graph = state["args"].get("cuda_graph", False) != run.args.cuda_graph
         raise UsageError(f"--resume {path}: the checkpoint's learning-rate schedule "
                          f"({saved_schedule}) differs from this configuration's "
                          f"({run.args.lr_schedule}; {', '.join(changed) or 'another kind'}): "
                          "a resumed run keeps the --lr, --lr-schedule, --epochs, batch size "
-                         "and schedule flags it started with")
+                         "and schedule flags it started with"
+                         + (" (--cuda-graph, which drops each epoch's last short batch, "
+                            "changes the steps per epoch)" if graph else ""))
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     if run.scaler is not None and state.get("scaler"):
@@ -160,12 +169,25 @@ def _restore(run: Run, path) -> None:
 
 
 def _wrap(run: Run) -> None:
-    """DistributedDataParallel under torchrun, torch.compile when asked."""
+    """DistributedDataParallel under torchrun, torch.compile when asked; the training step:
+    eager, or replayed as a CUDA graph with --cuda-graph."""
+    args = run.args
     if run.info.enabled:
         run.model = torch.nn.parallel.DistributedDataParallel(
             run.model, device_ids=[run.device.index] if run.device.type == "cuda" else None)
-    if run.args.compile:
-        run.model = torch.compile(run.model)
+    if args.compile:
+        run.model = torch.compile(run.model, mode=args.compile_mode)
+    eager = engine.EagerStep(
+        run.model, run.optimizer, run.device, amp=args.amp, scaler=run.scaler,
+        mark_cudagraph_step=args.compile and args.compile_mode != "default")
+    run.train_step = eager
+    if args.cuda_graph:
+        try:
+            run.train_step = GraphedTrainStep(
+                run.model, run.optimizer, eager, batch_size=args.batch_size,
+                amp_dtype=engine.AMP_DTYPES.get(args.amp))
+        except ValueError as exc:
+            raise UsageError(f"--cuda-graph: {exc}") from None
 
 
 def _train_epoch(run: Run, epoch: int) -> tuple[dict, bool]:
@@ -178,12 +200,21 @@ def _train_epoch(run: Run, epoch: int) -> tuple[dict, bool]:
         run.train_sampler.set_epoch(epoch)
     per_step = schedules.per_step(run.scheduler)
     lr = run.optimizer.param_groups[0]["lr"]
-    train = engine.train_one_epoch(
-        run.model, run.train_loader, run.optimizer, run.device, epoch=epoch + 1,
-        epochs=args.epochs, scaler=run.scaler, amp=args.amp, channels_last=args.channels_last,
-        step_scheduler=run.scheduler if per_step else None, print_freq=args.print_freq,
-        info=info, progress=not args.no_progress, prepare=run.prepare)
+    try:
+        train = engine.train_one_epoch(
+            run.model, run.train_loader, run.optimizer, run.device, epoch=epoch + 1,
+            epochs=args.epochs, scaler=run.scaler, channels_last=args.channels_last,
+            step_scheduler=run.scheduler if per_step else None, print_freq=args.print_freq,
+            info=info, progress=not args.no_progress, prepare=run.prepare,
+            step=run.train_step, first_step=run.step,
+            placeholder=lambda: engine.placeholder_batch(args.crop, run.device,
+                                                         args.channels_last))
+    except engine.NonFiniteLoss as exc:
+        raise TrainingError(f"{exc}: the run stopped; {_last_good(run)}") from None
     run.step += train["steps"]
+    if train["nonfinite_steps"]:
+        log(info, f"epoch {epoch + 1}: the fp16 loss scaler skipped {train['nonfinite_steps']} "
+                  "steps whose loss was not finite")
     val = engine.evaluate(run.model, run.val_loader, run.device, amp=args.amp,
                           channels_last=args.channels_last, info=info,
                           progress=not args.no_progress,
@@ -205,6 +236,14 @@ def _train_epoch(run: Run, epoch: int) -> tuple[dict, bool]:
         "seconds": time.perf_counter() - start,
     }
     return row, not per_step and run.optimizer.param_groups[0]["lr"] < lr
+
+
+def _last_good(run: Run) -> str:
+    """Where the run's last good state is, for the message of a run that stopped."""
+    if not run.history:
+        return "no checkpoint was written (no epoch finished)"
+    return (f"{run.output_dir / checkpoint.CHECKPOINT} (epoch {run.history[-1]['epoch']}) is "
+            "the last good checkpoint")
 
 
 def _record(run: Run, row: dict, decayed: bool) -> None:
