@@ -185,8 +185,9 @@ def eval_transform(
 
 class BatchTrainTransform(torch.nn.Module):
     """:func:`train_transform` for a batch of decoded images on one device (the GPU decoding
-    path, see :func:`~fastalex.training.data.datasets.decode_images`): a list of uint8
-    [3, H, W] tensors -> float32 [N, 3, crop, crop] on their device.
+    path, see :func:`~fastalex.training.data.datasets.decode_images`, and prepared data): a
+    list of uint8 [3, H, W] tensors, or one uint8 [N, 3, size, size] tensor, -> float32
+    [N, 3, crop, crop] on their device.
 
     The same steps; the resize is torch's antialiased bilinear instead of PIL's, so values can
     differ from the CPU path by a level or so. Each image gets its own crop, flip and lighting;
@@ -212,12 +213,15 @@ class BatchTrainTransform(torch.nn.Module):
             else None
         )
 
-    def forward(self, images: list[torch.Tensor]) -> torch.Tensor:
+    def forward(self, images: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:
         if len(images) == 0:
             raise ValueError("images: empty batch")
-        square = torch.stack(
-            [F.center_crop(F.resize(im, [self.size], antialias=True), [self.size]) for im in images]
-        )
+        if isinstance(images, torch.Tensor) and images.dim() == 4 \
+                and images.shape[-2:] == (self.size, self.size):
+            square = images  # a batch already at size x size (prepared data): no resize
+        else:
+            square = torch.stack([F.center_crop(F.resize(im, [self.size], antialias=True),
+                                                [self.size]) for im in images])
         x = square.to(torch.float32) - self.mean.to(square.device)  # [N, 3, size, size]
         n, c, device = x.shape[0], self.crop, x.device
         top = torch.randint(0, self.size - c + 1, (n,), device=device)
