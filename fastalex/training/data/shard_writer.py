@@ -30,7 +30,7 @@ def load_square(path: str, size: int) -> np.ndarray:
     with Image.open(path) as image:
         image = image.convert("RGB")
     square = v2.CenterCrop(size)(v2.Resize(size, antialias=True)(image))
-    return np.asarray(square, dtype=np.uint8)
+    return np.array(square, dtype=np.uint8)
 
 
 def shard_done(split_dir: Path, index: int, with_sums: bool) -> dict | None:
