@@ -190,4 +190,4 @@ def test_train_on_prepared_data(source, tmp_path):
                             "--output-dir", tmp_path / "run2"])
     assert code == 2 and not (tmp_path / "run2").exists()
     assert rows(tmp_path / "run")[0]["epoch"] == 1
-    assert json.loads((out / "manifest.json").read_text())["size"] == SIZE
+    assert json.loads((out / shards.MANIFEST).read_text())["size"] == SIZE

@@ -31,7 +31,7 @@ PROG = "python -m fastalex.prepare"
 DEFAULTS = dict(size=256, quality=90, shard_size=1024)
 PLAN = "prepare.json"  # the settings and source of a run, written first: a rerun must match it
 _SHUFFLE_SEED = 0
-_OURS_TOP = re.compile(r"(manifest\.json|prepare\.json|fastalex-stats-\d+px\.pt|train|val"
+_OURS_TOP = re.compile(r"(fastalex-prepared\.json|prepare\.json|fastalex-stats-\d+px\.pt|train|val"
                        r"|\..*\.tmp)")
 _OURS_SPLIT = re.compile(r"(shard-\d{5}\.(jpgs|json|sums\.npz)|\..*\.tmp)")
 

@@ -2,7 +2,7 @@
 
 ``python -m fastalex.prepare`` writes (see docs/data.md)::
 
-    OUT/manifest.json                 written last: its presence means the data is complete
+    OUT/fastalex-prepared.json        the manifest, written last: the data is complete
     OUT/fastalex-stats-256px.pt       mean image + RGB PCA, in the format stats.py caches
     OUT/train/shard-00000.jpgs        the JPEG files of the shard, one after another
     OUT/train/shard-00000.json        its index: byte offsets, labels, source names, skipped
@@ -42,7 +42,7 @@ __all__ = [
 
 FORMAT = "fastalex-prepared-jpeg"
 VERSION = 1
-MANIFEST = "manifest.json"
+MANIFEST = "fastalex-prepared.json"
 NO_SAMPLE = -1  # a sampler's padding index: the dataset returns None for it, the batch drops it
 
 
