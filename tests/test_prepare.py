@@ -191,3 +191,38 @@ def test_train_on_prepared_data(source, tmp_path):
     assert code == 2 and not (tmp_path / "run2").exists()
     assert rows(tmp_path / "run")[0]["epoch"] == 1
     assert json.loads((out / shards.MANIFEST).read_text())["size"] == SIZE
+
+
+def _batches(args, epochs=2):
+    from fastalex.training import builders
+    from fastalex.training.distributed import DistInfo
+
+    info, device = DistInfo(), torch.device("cpu")
+    data_dir, image_stats = builders.locate_data(args, info, Path(args.output_dir))
+    train_set, val_set = builders.build_datasets(args, data_dir, image_stats)
+    generator = torch.Generator()
+    loader, val, _ = builders.make_loaders(args, info, train_set, val_set, device, generator)
+    prepare_batch = builders.train_batch_preparer(args, image_stats, device)
+    out = []
+    for epoch in range(epochs):
+        torch.manual_seed(100 + epoch)
+        generator.manual_seed(builders.epoch_seed(args.seed, epoch, 0))
+        out += [prepare_batch(batch) for batch in loader]
+    return out, [batch for batch in val]
+
+
+def test_gpu_decode_of_prepared_data_makes_the_same_batches(source, tmp_path):
+    """--gpu-decode on prepared data decodes the same bytes in the training process (here on
+    the CPU) and draws the same augmentation: the very batches of the worker-decode path."""
+    out = tmp_path / "prepared"
+    _prepare(source, out)
+    common = ["--data", str(out), *TINY, "-b", "4", "-j", "1", "--output-dir", str(tmp_path)]
+    plain, val = _batches(options.resolve(common))
+    decoded, val_again = _batches(options.resolve([*common, "--gpu-decode"]))
+    assert len(plain) == len(decoded) == 12
+    for (x, y), (x2, y2) in zip(plain, decoded):
+        assert x.shape[1:] == (3, 67, 67) and x.dtype == torch.float32
+        assert torch.equal(x, x2) and torch.equal(y, y2)
+    # validation: centre crops in the workers, mean image subtracted, every image once
+    assert sum(len(t) for _, t in val) == 6
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(val, val_again))
