@@ -352,10 +352,11 @@ def test_imagenet_sized(benchmark, bench_mode, imagenet, path, workers):
                  crop=imagenet["crop"])
 
 
-def test_prepared_gpu(benchmark, bench_mode, bench_device, imagenet):
+@pytest.mark.parametrize("path", ["prepared-gpu"])
+def test_prepared_gpu(benchmark, bench_mode, bench_device, imagenet, path):
     """nvJPEG decode + device augmentation of prepared data at batch 256 (the files' bytes
     in memory, repeated to 4096 images in full mode)."""
-    benchmark.name = "prepared-gpu-decode+augment"
+    benchmark.name = f"{path}-decode+augment"
     device = bench_device
     dataset = PreparedImages(imagenet["prepared"], "train", encoded=True)
     items = [dataset[i] for i in range(len(dataset))]

@@ -74,6 +74,14 @@ def val_transform(args, image_stats: stats.ImageStats, ten_crop: bool):
                                      per_channel_mean=args.per_channel_mean, ten_crop=ten_crop)
 
 
+def load_val_split(data_dir: Path, transform):
+    """The validation split of ``data_dir``, prepared data or an ImageFolder tree, each item
+    ``(transform(image), target)``."""
+    if shards.is_prepared(data_dir):
+        return shards.PreparedImages(data_dir, "val", transform=transform)
+    return datasets.load_split(data_dir, "val", transform)
+
+
 def build_datasets(args, data_dir: Path, image_stats: stats.ImageStats):
     """(train_set, val_set). With ``--gpu-decode`` the training items are the files' bytes,
     decoded and transformed by :func:`train_batch_preparer`. Prepared data
@@ -82,9 +90,8 @@ def build_datasets(args, data_dir: Path, image_stats: stats.ImageStats):
     :func:`train_batch_preparer`; the validation items are transformed in the workers."""
     if shards.is_prepared(data_dir):
         train_set = shards.PreparedImages(data_dir, "train", encoded=args.gpu_decode)
-        val_set = shards.PreparedImages(data_dir, "val",
-                                        transform=val_transform(args, image_stats, args.ten_crop))
-        return train_set, val_set
+        return train_set, load_val_split(data_dir, val_transform(args, image_stats,
+                                                                  args.ten_crop))
     if args.gpu_decode:
         train_folder, train_tf = datasets.EncodedImageFolder, None
     else:
