@@ -182,3 +182,19 @@ def test_two_gloo_ranks_read_disjoint_shards(prepared, tmp_path):
         # 10 shards; at most one (the one cut at the pieces' boundary) is read by both
         assert len(set(r0["shards"]) & set(r1["shards"])) <= 1
     assert ranks[0]["0"]["names"] != ranks[0]["1"]["names"]
+
+
+def test_training_cli_on_prepared_data_under_torchrun(prepared, tmp_path):
+    out = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "fastalex.train", "--data", str(prepared), "--image-size", "70", "--crop", "67",
+         "-b", "4", "-j", "0", "--epochs", "1", "--optimizer", "sgd", "--lr", "0.01",
+         "--device", "cpu", "--output-dir", str(out), "--no-progress"],
+        capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "DDP check: parameters identical on all 2 ranks" in proc.stdout
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["step"] == 6  # 46 images, 23 per rank, batches of 4
