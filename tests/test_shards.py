@@ -90,7 +90,6 @@ def test_device_augmentation_matches_the_cpu_transform(prepared, device):
     squares = images.double() - stats.mean_image.double()
     found = {"cpu-transform": [], "device": []}
     alphas = {"cpu-transform": [], "device": []}
-    # with a GPU the device crop and flip are the same arithmetic: exact; lighting in float32
     for pca in (0.0, 0.1):
         cpu_tf = train_transform(stats, size=size, crop=crop, pca_std=pca)
         batch_tf = BatchTrainTransform(stats, size=size, crop=crop, pca_std=pca).to(device)
@@ -112,6 +111,27 @@ def test_device_augmentation_matches_the_cpu_transform(prepared, device):
         assert 1.0 < tops.mean() < 3.0, name  # uniform over 0..3
         spread = torch.stack(alphas[name]).std().item()
         assert 0.08 < spread < 0.12, (name, spread)  # alpha ~ N(0, 0.1) per axis
+
+
+@pytest.mark.parametrize("per_channel_mean", [False, True])
+def test_the_gather_and_the_per_image_crops_agree(per_channel_mean):
+    """The GPU's batched gather and the CPU's per-image slices: the same values, exactly, for
+    the same draws (both run here on the CPU)."""
+    size, crop = 12, 9
+    images = torch.randint(0, 256, (7, 3, size, size), dtype=torch.uint8)
+    stats = make_stats(torch.rand(3, size, size) * 255)
+    transform = BatchTrainTransform(stats, size=size, crop=crop, pca_std=0.0,
+                                    per_channel_mean=per_channel_mean)
+    top, left = torch.randint(0, 4, (7,)), torch.randint(0, 4, (7,))
+    flip = torch.tensor([True, False, True, True, False, False, True])
+    gathered = transform._crop_gather(images, transform.mean, top, left, flip)
+    sliced = transform._crop_each(images, transform.mean, top, left, flip)
+    assert torch.equal(gathered, sliced)
+    mean = transform.mean.expand(3, size, size)
+    for n in range(7):
+        t, l_ = int(top[n]), int(left[n])
+        window = images[n, :, t:t + crop, l_:l_ + crop].float() - mean[:, t:t + crop, l_:l_ + crop]
+        assert torch.equal(sliced[n], window.flip(-1) if flip[n] else window)
 
 
 def _alpha(image, square, crop, stats):

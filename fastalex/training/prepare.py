@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import functools
 import hashlib
 import json
 import re
@@ -161,9 +162,7 @@ def _write_all(out: Path, shards: dict, args) -> dict[str, list[dict]]:
     bar = tqdm(total=total, initial=total - left, unit="img", desc="prepare",
                disable=args.no_progress, smoothing=0.05)
 
-    def job(split, i, samples):
-        return shard_writer.write_shard(out / split, i, samples, size=args.size,
-                                        quality=args.quality, with_sums=split == "train")
+    job = functools.partial(shard_writer.write_shard, size=args.size, quality=args.quality)
 
     def done(split, i, samples, meta):
         metas[split][i] = meta
@@ -173,12 +172,11 @@ def _write_all(out: Path, shards: dict, args) -> dict[str, list[dict]]:
     try:
         if args.workers == 0:
             for split, i, samples in todo:
-                done(split, i, samples, job(split, i, samples))
+                done(split, i, samples, job(out / split, i, samples, with_sums=split == "train"))
         else:
             with concurrent.futures.ProcessPoolExecutor(args.workers,
                                                         initializer=_init_worker) as pool:
-                futures = {pool.submit(shard_writer.write_shard, out / split, i, samples,
-                                       size=args.size, quality=args.quality,
+                futures = {pool.submit(job, out / split, i, samples,
                                        with_sums=split == "train"): (split, i, samples)
                            for split, i, samples in todo}
                 try:
