@@ -14,7 +14,7 @@ from torch import nn
 
 import fastalex
 from fastalex.models import alexnet
-from fastalex.training import figures, plots
+from fastalex.training import evaluate, figures, plots
 from fastalex.training.data.stats import ImageStats
 from train_helpers import TINY, evaluate_in_process, main_in_process, tiny_data  # noqa: F401
 
@@ -283,6 +283,28 @@ def test_a_figure_error_is_one_warning_and_the_run_succeeds(tiny_data, tmp_path,
     assert (out / "checkpoint.pt").is_file() and (out / "curves.png").is_file()
 
 
-def test_bad_figure_options_are_one_line(tmp_path, capsys):
+def test_figure_options(tmp_path, capsys):
     assert evaluate_in_process([tmp_path / "x.pt", "--figures", "--neighbour-images", "0"]) == 2
     assert "--neighbour-images must be >= 1, got 0" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")
+    assert evaluate_in_process([tmp_path / "x.pt", "--figures", "--output-dir",
+                                tmp_path / "file"]) == 2
+    assert "--output-dir" in capsys.readouterr().err
+    # the help states the cap the search uses by default
+    help_text = " ".join(evaluate.build_parser().format_help().split())
+    assert f"(default: {figures.NEIGHBOUR_IMAGES})" in help_text
+
+
+def test_figures_need_a_training_split(tiny_data, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "run"
+    assert main_in_process(["--data", tiny_data, *TINY, "--epochs", "1", "--output-dir", out]) == 0
+    only_val = tmp_path / "only_val"
+    shutil.copytree(tiny_data / "val", only_val / "val")
+    capsys.readouterr()
+    assert evaluate_in_process([out / "model_best.pt", "--figures", "--data", only_val,
+                                "-j", "0", "--no-progress", "--device", "cpu"]) == 2
+    captured = capsys.readouterr()
+    assert "--figures: " in captured.err and "no train/ split" in captured.err
+    assert "crop: top-1" not in captured.out  # refused before any scoring

@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--neighbour-images", type=int, metavar="N",
                    help="training images searched for each query's nearest fc7 neighbours: "
                         "all of them up to N, else a fixed random sample of N (default: "
-                        "10000, fastalex.training.figures.NEIGHBOUR_IMAGES)")
+                        "10000)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -119,6 +119,9 @@ def evaluate_checkpoint(path, *, data=None, device=None, ten_crop=True, center=T
         model = model.to(memory_format=torch.channels_last)
     data_dir = _data_dir(data, state["args"], progress and info.is_main)
     image_stats = ImageStats(**state["stats"])
+    if write_figures and info.is_main and not (data_dir / "train").is_dir():
+        raise UsageError(f"--figures: {data_dir} has no train/ split to find the nearest "
+                         "training images in")
     workers = presets.default_workers() if workers is None else workers
 
     log(info, f"checkpoint: {path} (epoch {state.get('epoch')}, {len(state['classes'])} "

@@ -102,9 +102,9 @@ def conv1_weight(model) -> tuple[torch.Tensor, int]:
 
 @torch.no_grad()
 def fc7_features(model, images: torch.Tensor) -> torch.Tensor:
-    """The last hidden layer's activations [N, 4096]: fc7 after its ReLU, in eval mode (no
-    dropout), as float32. ``model`` is the paper's AlexNet (``features``, then ``classifier``
-    ending in fc8); everything before fc8 runs."""
+    """The last hidden layer's activations [N, 4096]: fc7 after its ReLU, as float32.
+    ``model`` is the paper's AlexNet (``features``, then ``classifier`` ending in fc8), in eval
+    mode (no dropout); everything before fc8 runs."""
     classifier = model.classifier
     if list(classifier._modules)[-1] != "fc8":
         raise ValueError("model.classifier must end with fc8")
@@ -203,7 +203,7 @@ def top5_figure(pictures: torch.Tensor, probs: torch.Tensor, labels: torch.Tenso
                 targets, classes, path, *, columns: int = 4) -> Path:
     """Each picture [N, 3, h, w] (in [0, 1]) above its top-5 bars, the true label's bar red
     (grey otherwise) and named in the title, as the paper's Figure 4 (left)."""
-    plt = plots._pyplot()
+    plt = plots.pyplot()
     n = pictures.shape[0]
     columns = min(columns, n)
     rows = -(-n // columns)
@@ -257,7 +257,8 @@ def write_figures(model, data_dir, output_dir, *, image_stats, args, classes, de
     val_set = datasets.load_split(data_dir, "val", transform)
     train_set = datasets.load_split(data_dir, "train", transform)
     if val_set.classes != list(classes) or train_set.classes != list(classes):
-        raise ValueError(f"{data_dir}: its classes differ from the model's")
+        raise datasets.DataError(f"{data_dir}: its classes differ from the model's "
+                                 f"({len(train_set.classes)} vs {len(classes)})")
 
     def pictures(dataset, indices):
         items = [dataset[i] for i in indices]

@@ -12,7 +12,8 @@ import torch
 from fastalex.training.atomic import write_atomic
 
 
-def _pyplot():
+def pyplot():
+    """``matplotlib.pyplot`` on the non-interactive Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -24,7 +25,7 @@ def _pyplot():
 def save_figure(fig, path) -> Path:
     """Write matplotlib figure ``fig`` to ``path`` as a PNG (100 dpi), atomically, and close
     it."""
-    plt = _pyplot()
+    plt = pyplot()
     try:
         return write_atomic(Path(path), lambda f: fig.savefig(f, format="png", dpi=100))
     finally:
@@ -37,7 +38,7 @@ def training_curves(history: list[dict], path) -> Path:
     ``history`` holds the rows of metrics.jsonl (keys epoch, train_loss, val_top1_error,
     val_top5_error, lr; errors are fractions).
     """
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [row["epoch"] for row in history]
     fig, (ax_loss, ax_err, ax_lr) = plt.subplots(1, 3, figsize=(14, 4))
     ax_loss.plot(epochs, [row["train_loss"] for row in history], marker="o", label="train loss")
@@ -98,7 +99,7 @@ def montage(tiles: torch.Tensor, *, pad: int = 1, row_gap_after=(), col_gap_afte
 def save_image(image: torch.Tensor, path, *, scale: int = 4) -> Path:
     """An image [3, H, W] in [0, 1] as a PNG of exactly (W * scale) x (H * scale) pixels,
     nearest-neighbour magnified."""
-    plt = _pyplot()
+    plt = pyplot()
     array = image.clamp(0, 1).permute(1, 2, 0).numpy()
     fig = plt.figure(figsize=(array.shape[1] * scale / 100, array.shape[0] * scale / 100),
                      dpi=100)
