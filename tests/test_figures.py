@@ -308,3 +308,30 @@ def test_figures_need_a_training_split(tiny_data, tmp_path, capsys):
     captured = capsys.readouterr()
     assert "--figures: " in captured.err and "no train/ split" in captured.err
     assert "crop: top-1" not in captured.out  # refused before any scoring
+
+
+@pytest.mark.parametrize("warn", [True, False])
+def test_unreadable_training_images_are_skipped(tiny_data, tmp_path, warn):
+    """An unreadable training image is skipped: evaluate names it, the end of a run
+    (whose epochs already named it) does not name it again."""
+    import shutil
+    import warnings
+
+    from fastalex.training.data import datasets
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    bad = sorted((data / "train").rglob("*.jpg"))[3]
+    bad.write_bytes(b"not an image")
+    args = type("Args", (), {"image_size": 70, "crop": 67, "per_channel_mean": False})()
+    model = alexnet(10, image_size=67, impl="torch")
+    mean = torch.rand(3, 70, 70) * 255
+    stats = ImageStats(mean, mean.mean((1, 2)), torch.ones(3), torch.eye(3), 40, 70)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        paths = figures.write_figures(model, data, tmp_path / "out", image_stats=stats, args=args,
+                                      classes=sorted(p.name for p in (data / "val").iterdir()),
+                                      batch_size=16, warn_unreadable=warn)
+    named = [w for w in caught if issubclass(w.category, datasets.CorruptImageWarning)]
+    assert bool(named) == warn and all(str(bad) in str(w.message) for w in named)
+    assert all(p.is_file() for p in paths)

@@ -13,6 +13,7 @@ colour share (the paper sees one tower colour-agnostic, the other colour-specifi
 roughness (per-pixel noise against smooth filters).
 """
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -21,6 +22,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from fastalex.training import plots
 from fastalex.training.data import datasets
+from fastalex.training.startup import install_warning_format
 
 CONV1_KERNELS = "conv1_kernels.png"
 TOP5 = "top5.png"
@@ -149,17 +151,18 @@ def searched_indices(n: int, max_images: int) -> list[int]:
 @torch.no_grad()
 def nearest_neighbours(model, queries: torch.Tensor, dataset, *, k: int = NEIGHBOURS_PER_QUERY,
                        max_images: int = NEIGHBOUR_IMAGES, batch_size: int = 128, workers: int = 0,
-                       device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+                       device="cpu", worker_init_fn=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(distances [Q, k], dataset indices [Q, k]) of the ``k`` items of ``dataset`` whose fc7
     activations are nearest, in Euclidean distance, to those of ``queries`` [Q, 3, H, W],
     nearest first. One pass over the (at most ``max_images``) items in batches; only the best
-    ``k`` and one batch's distances are kept, so memory stays bounded whatever the dataset."""
+    ``k`` and one batch's distances are kept, so memory stays bounded whatever the dataset.
+    Items that are ``None`` (unreadable images) are skipped."""
     q = fc7_features(model, queries.to(device))
     best_d = torch.full((q.shape[0], 0), float("inf"), device=device)
     best_i = torch.zeros((q.shape[0], 0), dtype=torch.long, device=device)
     loader = DataLoader(_Indexed(dataset, searched_indices(len(dataset), max_images)),
                         batch_size=batch_size, num_workers=workers,
-                        collate_fn=datasets.collate_skip_none)
+                        collate_fn=datasets.collate_skip_none, worker_init_fn=worker_init_fn)
     for batch in loader:
         if batch is None:
             continue
@@ -241,11 +244,12 @@ def neighbours_figure(queries: torch.Tensor, neighbours: torch.Tensor, path, *,
 
 def write_figures(model, data_dir, output_dir, *, image_stats, args, classes, device="cpu",
                   max_neighbour_images: int = NEIGHBOUR_IMAGES, batch_size: int = 128,
-                  workers: int = 0) -> list[Path]:
+                  workers: int = 0, warn_unreadable: bool = True) -> list[Path]:
     """Write :data:`FILES` into ``output_dir`` for ``model`` (the paper's AlexNet, put in eval
     mode and back) on the ImageFolder tree ``data_dir``, seen through the run's evaluation
     transform (``args``: the run's configuration, its ``image_size``, ``crop`` and
-    ``per_channel_mean``). Returns the paths."""
+    ``per_channel_mean``). Returns the paths. ``warn_unreadable=False`` skips unreadable
+    images silently (at the end of a run, whose epochs already named each of them)."""
     from fastalex.training import builders
 
     output_dir = Path(output_dir)
@@ -272,18 +276,29 @@ def write_figures(model, data_dir, output_dir, *, image_stats, args, classes, de
     training = model.training
     model.eval()
     try:
-        images, targets, _ = pictures(val_set, spread_indices(len(val_set), TOP5_IMAGES))
-        probs, labels = top_k(model, images.to(device))
-        top5_figure(show(images), probs.cpu(), labels.cpu(), targets, classes,
-                    output_dir / TOP5)
+        with warnings.catch_warnings():
+            if not warn_unreadable:
+                _ignore_unreadable()
+            images, targets, _ = pictures(val_set, spread_indices(len(val_set), TOP5_IMAGES))
+            probs, labels = top_k(model, images.to(device))
+            top5_figure(show(images), probs.cpu(), labels.cpu(), targets, classes,
+                        output_dir / TOP5)
 
-        queries, _, _ = pictures(val_set, spread_indices(len(val_set), NEIGHBOUR_QUERIES))
-        _, nearest = nearest_neighbours(model, queries, train_set, max_images=max_neighbour_images,
-                                        batch_size=batch_size, workers=workers, device=device)
-        found = [pictures(train_set, row.tolist())[0] for row in nearest]
-        k = min(len(f) for f in found)
-        neighbours_figure(show(queries), torch.stack([show(f[:k]) for f in found]),
-                          output_dir / NEIGHBOURS)
+            queries, _, _ = pictures(val_set, spread_indices(len(val_set), NEIGHBOUR_QUERIES))
+            _, nearest = nearest_neighbours(
+                model, queries, train_set, max_images=max_neighbour_images,
+                batch_size=batch_size, workers=workers, device=device,
+                worker_init_fn=install_warning_format if warn_unreadable else _ignore_unreadable)
+            found = [pictures(train_set, row.tolist())[0] for row in nearest]
+            k = min(len(f) for f in found)
+            neighbours_figure(show(queries), torch.stack([show(f[:k]) for f in found]),
+                              output_dir / NEIGHBOURS)
     finally:
         model.train(training)
     return [output_dir / name for name in FILES]
+
+
+def _ignore_unreadable(*_) -> None:
+    """Skip unreadable images without a warning, in this process (also a DataLoader
+    ``worker_init_fn``)."""
+    warnings.simplefilter("ignore", datasets.CorruptImageWarning)

@@ -288,7 +288,7 @@ def _write_figures(run: Run) -> list:
         return figures.write_figures(
             run.raw_model, Path(run.val_loader.dataset.root).parent, run.output_dir,
             image_stats=run.image_stats, args=run.args, classes=run.classes, device=run.device,
-            batch_size=run.args.batch_size, workers=run.args.workers)
+            batch_size=run.args.batch_size, workers=run.args.workers, warn_unreadable=False)
     except Exception as exc:  # noqa: BLE001 - the training itself is done and saved
         warnings.warn(f"figures not written: {type(exc).__name__}: {exc}", figures.FigureWarning)
         return []
