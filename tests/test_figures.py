@@ -335,3 +335,23 @@ def test_unreadable_training_images_are_skipped(tiny_data, tmp_path, warn):
     named = [w for w in caught if issubclass(w.category, datasets.CorruptImageWarning)]
     assert bool(named) == warn and all(str(bad) in str(w.message) for w in named)
     assert all(p.is_file() for p in paths)
+
+
+def test_figures_of_a_run_on_prepared_data(tiny_data, tmp_path, capsys):
+    """Prepared data (python -m fastalex.prepare): the run's figures and evaluate's read its
+    shards."""
+    from fastalex.training import prepare
+
+    data = tmp_path / "prepared"
+    prepare.prepare(tiny_data, data, workers=0, size=70, shard_size=8, progress=False)
+    out = tmp_path / "run"
+    assert main_in_process(["--data", data, *TINY, "--epochs", "1", "--output-dir", out]) == 0
+    captured = capsys.readouterr()
+    assert "warning" not in captured.err
+    assert all(png_size(out / name) for name in figures.FILES)
+    for name in figures.FILES:
+        (out / name).unlink()
+    assert evaluate_in_process([out / "model_best.pt", "--figures", "--crops", "center",
+                                "-j", "0", "--no-progress", "--device", "cpu"]) == 0
+    assert "centre crop: top-1 error" in capsys.readouterr().out
+    assert all(png_size(out / name) for name in figures.FILES)

@@ -107,7 +107,6 @@ def evaluate_checkpoint(path, *, data=None, device=None, ten_crop=True, center=T
     import torch
 
     from fastalex.training import builders, distributed, engine, figures
-    from fastalex.training.data import datasets
     from fastalex.training.data.stats import ImageStats
 
     info = info or distributed.DistInfo()
@@ -133,8 +132,8 @@ def evaluate_checkpoint(path, *, data=None, device=None, ten_crop=True, center=T
     for name, ten in (("center", False), ("ten_crop", True)):
         if (ten and not ten_crop) or (not ten and not center):
             continue
-        val_set = datasets.load_split(data_dir, "val", builders.val_transform(saved, image_stats,
-                                                                              ten))
+        val_set = builders.load_val_split(data_dir, builders.val_transform(saved, image_stats,
+                                                                           ten))
         if val_set.classes != list(state["classes"]):
             raise UsageError(f"{data_dir}: its classes differ from the checkpoint's "
                              f"({len(val_set.classes)} vs {len(state['classes'])})")

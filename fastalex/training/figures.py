@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as TF
 
 from fastalex.training import plots
-from fastalex.training.data import datasets
+from fastalex.training.data import datasets, shards
 from fastalex.training.startup import install_warning_format
 
 CONV1_KERNELS = "conv1_kernels.png"
@@ -242,11 +242,17 @@ def neighbours_figure(queries: torch.Tensor, neighbours: torch.Tensor, path, *,
 
 # --- everything at once ---------------------------------------------------------------------------
 
+def data_root(split_dataset) -> Path:
+    """The data directory that a split's dataset (ImageFolder or prepared) was loaded from."""
+    root = Path(split_dataset.root)
+    return root if shards.is_prepared(root) else root.parent
+
+
 def write_figures(model, data_dir, output_dir, *, image_stats, args, classes, device="cpu",
                   max_neighbour_images: int = NEIGHBOUR_IMAGES, batch_size: int = 128,
                   workers: int = 0, warn_unreadable: bool = True) -> list[Path]:
     """Write :data:`FILES` into ``output_dir`` for ``model`` (the paper's AlexNet, put in eval
-    mode and back) on the ImageFolder tree ``data_dir``, seen through the run's evaluation
+    mode and back) on ``data_dir`` (an ImageFolder tree or prepared data), seen through the run's evaluation
     transform (``args``: the run's configuration, its ``image_size``, ``crop`` and
     ``per_channel_mean``). Returns the paths. ``warn_unreadable=False`` skips unreadable
     images silently (at the end of a run, whose epochs already named each of them)."""
@@ -258,8 +264,10 @@ def write_figures(model, data_dir, output_dir, *, image_stats, args, classes, de
     plots.kernel_grid(weight, output_dir / CONV1_KERNELS, groups=groups)
 
     transform = builders.val_transform(args, image_stats, ten_crop=False)
-    val_set = datasets.load_split(data_dir, "val", transform)
-    train_set = datasets.load_split(data_dir, "train", transform)
+    val_set = builders.load_val_split(Path(data_dir), transform)
+    train_set = (shards.PreparedImages(data_dir, "train", transform=transform)
+                 if shards.is_prepared(data_dir) else
+                 datasets.load_split(data_dir, "train", transform))
     if val_set.classes != list(classes) or train_set.classes != list(classes):
         raise datasets.DataError(f"{data_dir}: its classes differ from the model's "
                                  f"({len(train_set.classes)} vs {len(classes)})")

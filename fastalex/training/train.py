@@ -286,7 +286,7 @@ def _write_figures(run: Run) -> list:
     """The figures of the final weights; a failure is one warning line, never a failed run."""
     try:
         return figures.write_figures(
-            run.raw_model, Path(run.val_loader.dataset.root).parent, run.output_dir,
+            run.raw_model, figures.data_root(run.val_loader.dataset), run.output_dir,
             image_stats=run.image_stats, args=run.args, classes=run.classes, device=run.device,
             batch_size=run.args.batch_size, workers=run.args.workers, warn_unreadable=False)
     except Exception as exc:  # noqa: BLE001 - the training itself is done and saved
