@@ -60,5 +60,5 @@ def test_other_classes_are_refused(tiny_data, tmp_path):
         result = evaluate.evaluate_checkpoint(out / "model_best.pt", data=tiny_data,
                                               ten_crop=False, device="cpu", workers=0,
                                               progress=False)
-    assert set(result) == {"checkpoint", "epoch", "center"} and result["epoch"] == 1
+    assert set(result) == {"checkpoint", "epoch", "conv1", "center"} and result["epoch"] == 1
     assert json.loads(json.dumps(result)) == result

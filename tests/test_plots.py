@@ -1,4 +1,5 @@
-"""fastalex.training.plots: the PNGs a run leaves, and the kernel grid's input check."""
+"""fastalex.training.plots: the PNGs a run leaves (written atomically), and the kernel grid's
+input check."""
 
 import pytest
 import torch
@@ -18,5 +19,6 @@ def test_training_curves_and_kernel_grid(tmp_path):
             assert image.format == "PNG"
     with Image.open(grid) as image:  # 8 rows x 12 columns of 11 px tiles and 1 px gaps, x4
         assert image.size == (4 * (12 * 12 + 1), 4 * (8 * 12 + 1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png", "k.png"]  # no temporaries
     with pytest.raises(ValueError, match="weight"):
         plots.kernel_grid(torch.randn(4, 1, 3, 3), tmp_path / "bad.png")

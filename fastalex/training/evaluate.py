@@ -1,9 +1,11 @@
 """Score a checkpoint: ``python -m fastalex.evaluate CHECKPOINT [--data DIR] [options]``.
 
 Top-1 and top-5 error on the validation split, with the single centre crop and with the
-paper's 10 crops (four corners and the centre, each also mirrored; softmax averaged). The
-checkpoint carries everything else: the model configuration, the class names, the training
-set's mean image (so no statistics are recomputed) and the data flags it was trained with.
+paper's 10 crops (four corners and the centre, each also mirrored; softmax averaged), and the
+first layer's colour and roughness per tower. ``--figures`` also writes what the network
+learned (:mod:`fastalex.training.figures`). The checkpoint carries everything else: the model
+configuration, the class names, the training set's mean image (so no statistics are
+recomputed) and the data flags it was trained with.
 """
 
 import argparse
@@ -45,6 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="autocast mixed precision")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON here")
+    p.add_argument("--figures", action="store_true",
+                   help="also write conv1_kernels.png, top5.png and neighbours.png (the "
+                        "paper's Figures 3 and 4)")
+    p.add_argument("--output-dir", metavar="DIR",
+                   help="where --figures writes (default: the checkpoint's directory)")
+    p.add_argument("--neighbour-images", type=int, metavar="N",
+                   help="training images searched for each query's nearest fc7 neighbours: "
+                        "all of them up to N, else a fixed random sample of N (default: "
+                        "10000)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -83,16 +94,19 @@ def _data_dir(data, saved: dict, progress: bool) -> Path:
 
 def evaluate_checkpoint(path, *, data=None, device=None, ten_crop=True, center=True,
                         workers=None, batch_size=128, amp=None, channels_last=False,
-                        progress=True, info=None, json_path=None) -> dict:
+                        progress=True, info=None, json_path=None, write_figures=False,
+                        output_dir=None, neighbour_images=None) -> dict:
     """The centre-crop and/or 10-crop scores of checkpoint ``path`` (printed on rank 0):
-    ``{"checkpoint", "epoch", "center": {...}, "ten_crop": {...}}``, each score holding
-    top1_error, top5_error, loss and images. ``data`` defaults to the checkpoint's data,
-    ``device`` to cuda when available; ``info`` is the process group's (one process if None).
+    ``{"checkpoint", "epoch", "conv1", "center": {...}, "ten_crop": {...}}``, each score
+    holding top1_error, top5_error, loss and images, ``conv1`` the first layer's
+    :func:`~fastalex.training.figures.conv1_measures`. ``data`` defaults to the checkpoint's
+    data, ``device`` to cuda when available; ``info`` is the process group's (one process if
+    None). ``write_figures`` also writes the figures (rank 0) into ``output_dir`` (default:
+    the checkpoint's directory) and adds ``"figures"``, their paths.
     """
     import torch
 
-    from fastalex.training import builders, distributed, engine
-    from fastalex.training.data import datasets
+    from fastalex.training import builders, distributed, engine, figures
     from fastalex.training.data.stats import ImageStats
 
     info = info or distributed.DistInfo()
@@ -104,16 +118,22 @@ def evaluate_checkpoint(path, *, data=None, device=None, ten_crop=True, center=T
         model = model.to(memory_format=torch.channels_last)
     data_dir = _data_dir(data, state["args"], progress and info.is_main)
     image_stats = ImageStats(**state["stats"])
+    if write_figures and info.is_main and not (data_dir / "train").is_dir():
+        raise UsageError(f"--figures: {data_dir} has no train/ split to find the nearest "
+                         "training images in")
     workers = presets.default_workers() if workers is None else workers
 
     log(info, f"checkpoint: {path} (epoch {state.get('epoch')}, {len(state['classes'])} "
               f"classes, input {saved.crop} px)")
-    results = {"checkpoint": str(path), "epoch": state.get("epoch")}
+    weight, groups = figures.conv1_weight(model)
+    results = {"checkpoint": str(path), "epoch": state.get("epoch"),
+               "conv1": figures.conv1_measures(weight, groups)}
+    log(info, figures.describe_measures(results["conv1"]))
     for name, ten in (("center", False), ("ten_crop", True)):
         if (ten and not ten_crop) or (not ten and not center):
             continue
-        val_set = datasets.load_split(data_dir, "val", builders.val_transform(saved, image_stats,
-                                                                              ten))
+        val_set = builders.load_val_split(data_dir, builders.val_transform(saved, image_stats,
+                                                                           ten))
         if val_set.classes != list(state["classes"]):
             raise UsageError(f"{data_dir}: its classes differ from the checkpoint's "
                              f"({len(val_set.classes)} vs {len(state['classes'])})")
@@ -126,6 +146,15 @@ def evaluate_checkpoint(path, *, data=None, device=None, ten_crop=True, center=T
         log(info, f"{'10-crop' if ten else 'centre crop':>11}: top-1 error "
                   f"{100 * out['top1_error']:.2f}%, top-5 error {100 * out['top5_error']:.2f}% "
                   f"({out['images']} images of {data_dir / 'val'})")
+    if write_figures and info.is_main:
+        out_dir = Path(output_dir).expanduser() if output_dir else path.parent
+        written = figures.write_figures(
+            model, data_dir, out_dir, image_stats=image_stats, args=saved,
+            classes=state["classes"], device=device,
+            max_neighbour_images=neighbour_images or figures.NEIGHBOUR_IMAGES,
+            batch_size=batch_size, workers=workers)
+        results["figures"] = [str(p) for p in written]
+        log(info, "wrote " + ", ".join(results["figures"]))
     if json_path and info.is_main:
         Path(json_path).write_text(json.dumps(results, indent=2) + "\n")
     return results
@@ -137,12 +166,18 @@ def main(argv=None) -> int:
     def command() -> int:
         if args.batch_size < 1:
             raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+        if args.neighbour_images is not None and args.neighbour_images < 1:
+            raise UsageError(f"--neighbour-images must be >= 1, got {args.neighbour_images}")
+        if args.output_dir and Path(args.output_dir).exists() \
+                and not Path(args.output_dir).is_dir():
+            raise UsageError(f"--output-dir {args.output_dir}: not a directory")
         with session(args.device) as (device, info):
             evaluate_checkpoint(
                 args.checkpoint, data=args.data, device=device, ten_crop=args.crops != "center",
                 center=args.crops != "ten", workers=args.workers, batch_size=args.batch_size,
                 amp=args.amp, channels_last=args.channels_last, progress=not args.no_progress,
-                info=info, json_path=args.json)
+                info=info, json_path=args.json, write_figures=args.figures,
+                output_dir=args.output_dir, neighbour_images=args.neighbour_images)
         return 0
 
     return run_cli(PROG, command)

@@ -4,11 +4,13 @@
 made; :func:`main` is the command line. Outputs in the run's ``output_dir``: metrics.jsonl (one
 JSON line per epoch), checkpoint.pt (after every epoch, written atomically; ``--resume``
 continues it exactly), model_best.pt (lowest validation top-1 error), curves.png (learning
-curves) and conv1_kernels.png (the 96 first-layer kernels).
+curves) and the figures of what the network learned (:mod:`fastalex.training.figures`:
+conv1_kernels.png, top5.png, neighbours.png).
 """
 
 import random
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from fastalex.training import (
     distributed,
     engine,
     evaluate,
+    figures,
     metrics,
     options,
     plots,
@@ -279,6 +282,18 @@ def _record(run: Run, row: dict, decayed: bool) -> None:
                         run.output_dir / checkpoint.BEST)
 
 
+def _write_figures(run: Run) -> list:
+    """The figures of the final weights; a failure is one warning line, never a failed run."""
+    try:
+        return figures.write_figures(
+            run.raw_model, figures.data_root(run.val_loader.dataset), run.output_dir,
+            image_stats=run.image_stats, args=run.args, classes=run.classes, device=run.device,
+            batch_size=run.args.batch_size, workers=run.args.workers, warn_unreadable=False)
+    except Exception as exc:  # noqa: BLE001 - the training itself is done and saved
+        warnings.warn(f"figures not written: {type(exc).__name__}: {exc}", figures.FigureWarning)
+        return []
+
+
 def _finish(run: Run) -> dict:
     """The end of a run: the DDP replica check, the PNGs, the summary."""
     info, out = run.info, run.output_dir
@@ -288,9 +303,11 @@ def _finish(run: Run) -> dict:
                   f"{info.world_size} ranks")
         if not same:
             raise RuntimeError("DDP replicas diverged: parameters differ between ranks")
+    conv1 = None
     if info.is_main and run.history:
         plots.training_curves(run.history, out / "curves.png")
-        plots.kernel_grid(run.raw_model.features.conv1.weight, out / "conv1_kernels.png")
+        conv1 = figures.conv1_measures(*figures.conv1_weight(run.raw_model))
+        written = _write_figures(run)
         last, best = run.history[-1], run.best
         log(info, f"done: val top-1 error {100 * last['val_top1_error']:.2f}% "
                   f"(top-5 {100 * last['val_top5_error']:.2f}%) after {last['epoch']} epochs; "
@@ -298,18 +315,20 @@ def _finish(run: Run) -> dict:
         if last["epoch"] < run.args.epochs:
             log(info, f"stopped after epoch {last['epoch']} of {run.args.epochs} "
                       f"(--stop-after): continue with --resume {out / checkpoint.CHECKPOINT}")
-        log(info, "wrote " + ", ".join(str(out / name) for name in (
-            metrics.METRICS, checkpoint.CHECKPOINT, checkpoint.BEST, "curves.png",
-            "conv1_kernels.png")))
+        log(info, figures.describe_measures(conv1))
+        log(info, "wrote " + ", ".join(str(p) for p in (
+            out / metrics.METRICS, out / checkpoint.CHECKPOINT, out / checkpoint.BEST,
+            out / "curves.png", *written)))
     return {"output_dir": out, "epochs_done": run.history[-1]["epoch"] if run.history else 0,
-            "best": run.best, "history": run.history}
+            "best": run.best, "history": run.history, "conv1": conv1}
 
 
 def run(args) -> dict:
     """Train the run that ``args`` (from :func:`fastalex.training.options.resolve`) describes,
     in this process (joining the process group of a torchrun launch). Returns ``output_dir``,
-    ``epochs_done``, ``best`` (epoch and validation errors of the best epoch) and ``history``
-    (the rows of metrics.jsonl)."""
+    ``epochs_done``, ``best`` (epoch and validation errors of the best epoch), ``history``
+    (the rows of metrics.jsonl) and ``conv1`` (the final first layer's colour and roughness
+    per tower, :func:`fastalex.training.figures.conv1_measures`; None on ranks other than 0)."""
     options.check(args)
     with session(args.device) as (device, info):
         if device.type == "cuda":
