@@ -54,19 +54,20 @@ def test_the_two_builds_agree(activation):
         torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-5)
 
 
-def test_initialisation_keeps_pre_activations_near_unit_variance():
+@pytest.mark.parametrize("activation,gain", [("relu", math.sqrt(2)), ("tanh", 5 / 3)])
+def test_initialisation_keeps_pre_activations_near_unit_variance(activation, gain):
     torch.manual_seed(1)
-    model = convnet4(10, activation="tanh", impl="torch")
-    for module in (model.features.conv1, model.features.conv2, model.features.conv3,
-                   model.classifier.fc4):
+    model = convnet4(10, activation=activation, impl="torch")
+    for module, g in ((model.features.conv1, gain), (model.features.conv2, gain),
+                      (model.features.conv3, gain), (model.classifier.fc4, 1.0)):
         fan_in = module.weight[0].numel()
-        assert module.weight.std().item() == pytest.approx(1 / math.sqrt(fan_in), rel=0.15)
+        assert module.weight.std().item() == pytest.approx(g / math.sqrt(fan_in), rel=0.15)
         assert torch.count_nonzero(module.bias) == 0
     # Inputs as the pipeline feeds them (0-255 minus the mean, spread ~ 1 / INPUT_SCALE):
     # conv1's pre-activations are near unit variance, so tanh does not start saturated.
     x = torch.randn(16, 3, 32, 32) / INPUT_SCALE
     pre = model.features.conv1(x * INPUT_SCALE)
-    assert 0.5 < pre.std().item() < 2.0
+    assert 0.5 * gain < pre.std().item() < 2.0 * gain
 
 
 @pytest.mark.parametrize("kwargs,error", [

@@ -87,13 +87,17 @@ def _conv_factory(activation: str, impl: str):
 
 
 def init_convnet4_(model: nn.Module) -> nn.Module:
-    """LeCun's initialisation, in place: weights N(0, 1/fan_in), biases 0. With the scaled
-    input it keeps every pre-activation near unit variance at the start, the regime where tanh
-    is not saturated: neither activation is handicapped by the scale it starts at."""
-    for module in model.modules():
+    """Each layer's weights N(0, gain^2 / fan_in) with torch's gain for the activation that
+    follows it (``nn.init.calculate_gain``: sqrt(2) for ReLU, 5/3 for tanh, 1 for the last
+    layer), biases 0. With the scaled input this keeps the pre-activations near the variance
+    each activation works at (for tanh: unsaturated), so neither activation is handicapped by
+    the scale it starts at."""
+    gain = nn.init.calculate_gain(model.config["activation"])
+    for name, module in model.named_modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             fan_in = module.weight[0].numel()
-            nn.init.normal_(module.weight, mean=0.0, std=1.0 / math.sqrt(fan_in))
+            g = 1.0 if name.endswith("fc4") else gain
+            nn.init.normal_(module.weight, mean=0.0, std=g / math.sqrt(fan_in))
             nn.init.zeros_(module.bias)
     return model
 
