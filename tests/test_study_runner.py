@@ -42,9 +42,11 @@ def study(tiny_data, tmp_path_factory):
 def test_every_arm_and_seed_ran_in_its_directory(study):
     runs, out = study["runs"], study["out"]
     assert set(runs) == {"convnet4-relu", "convnet4-tanh", "baseline", "no-lrn"}
-    # 3 grid points at seed 0 + 1 more seed per activation, 2 seeds per AlexNet arm.
-    assert len(study["study"].trained) == 2 * (3 + 1) + 2 * 2
-    assert study["bar"].n == study["study"].planned(study["claims"]) == 12 + 2
+    # The grid at seed 0 + 1 more seed per activation, 2 seeds per AlexNet arm.
+    runs_trained = 2 * (len(claims.CONVNET4_LRS) + 1) + 2 * 2
+    assert len(study["study"].trained) == runs_trained
+    # ... and the 10-crop scoring of the baseline's 2 checkpoints.
+    assert study["bar"].n == study["study"].planned(study["claims"]) == runs_trained + 2
     for arm, arm_runs in runs.items():
         assert sorted(arm_runs["results"]) == [0, 1]
         for seed, result in arm_runs["results"].items():
@@ -94,7 +96,7 @@ def test_report_rows_and_plots(study):
     text = path.read_text()
     table = [line for line in text.splitlines() if line.startswith("| `")]
     assert [line.split(" | ")[0] for line in table] == [
-        "| `relu-vs-tanh`", "| `lrn`", "| `ten-crop`"]
+        "| `relu-vs-tanh`", "| `relu-vs-tanh`", "| `lrn`", "| `ten-crop`"]
     for line in table:
         assert line.rstrip().endswith("| 2 |")  # seeds
     for name in ("relu-vs-tanh", "lrn", "ten-crop"):

@@ -25,6 +25,11 @@ def val_top1(result: dict) -> Value:
     return Value(100 * result["history"][-1]["val_top1_error"])
 
 
+def train_top1(result: dict) -> Value:
+    """The last epoch's training top-1 error (as the epoch measured it, while it trained)."""
+    return Value(100 * result["history"][-1]["train_top1_error"])
+
+
 def gap(result: dict) -> Value:
     """Validation minus training top-1 error at the last epoch (the training error as the
     epoch measured it, with dropout and augmentation on)."""
@@ -55,7 +60,7 @@ def ten_crop_gain(result: dict) -> Value:
     return Value(100 * (scores["center"]["top1_error"] - scores["ten_crop"]["top1_error"]))
 
 
-METRICS = {f.__name__: f for f in (val_top1, gap, steps_to_25, epochs_to_converge,
+METRICS = {f.__name__: f for f in (val_top1, train_top1, gap, steps_to_25, epochs_to_converge,
                                    ten_crop_gain)}
 
 

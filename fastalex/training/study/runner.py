@@ -37,7 +37,7 @@ class Budget:
 
 
 FULL = Budget(alexnet_epochs=4, convnet4_epochs=12)
-QUICK = Budget(alexnet_epochs=2, convnet4_epochs=3)
+QUICK = Budget(alexnet_epochs=2, convnet4_epochs=2)
 
 
 def _grid_points(arm) -> list[dict]:
@@ -94,7 +94,9 @@ class Study:
         kwargs = {**self.overrides(arm, point, seed), "output_dir": str(out)}
         if result_path.is_file():
             result = json.loads(result_path.read_text())
-            if result["overrides"] != json.loads(json.dumps(kwargs)):
+            settings = {k: v for k, v in json.loads(json.dumps(kwargs)).items()
+                        if k != "output_dir"}  # the directory may be named another way
+            if {k: v for k, v in result["overrides"].items() if k != "output_dir"} != settings:
                 raise UsageError(f"{out} holds a run with other settings (another budget, "
                                  "--data or --device?): give this study another --output-dir")
         else:
