@@ -105,11 +105,12 @@ def test_report_rows_and_plots(study):
         assert f"]({name}.png)" in text
 
 
-def test_a_rerun_trains_nothing(study, tiny_data):
+def test_a_rerun_trains_nothing(study, tiny_data, monkeypatch):
     out = study["out"]
     ckpt = runner.run_dir(out, "no-lrn", 1) / checkpoint.CHECKPOINT
     before = ckpt.stat().st_mtime_ns
-    again = runner.Study(out, seeds=2, budget=TINY_BUDGET, base=_base(tiny_data))
+    monkeypatch.chdir(out.parent)  # the same directory, named relatively this time
+    again = runner.Study(out.name, seeds=2, budget=TINY_BUDGET, base=_base(tiny_data))
     runs = again.run(study["claims"])
     assert again.trained == []
     assert ckpt.stat().st_mtime_ns == before

@@ -91,12 +91,12 @@ class Study:
         label = run_label(arm, point)
         out = run_dir(self.output_dir, label, seed)
         result_path = out / RESULT
-        kwargs = {**self.overrides(arm, point, seed), "output_dir": str(out)}
+        settings = self.overrides(arm, point, seed)
+        kwargs = {**settings, "output_dir": str(out)}
         if result_path.is_file():
             result = json.loads(result_path.read_text())
-            settings = {k: v for k, v in json.loads(json.dumps(kwargs)).items()
-                        if k != "output_dir"}  # the directory may be named another way
-            if {k: v for k, v in result["overrides"].items() if k != "output_dir"} != settings:
+            saved = {k: v for k, v in result["overrides"].items() if k != "output_dir"}
+            if saved != json.loads(json.dumps(settings)):  # the directory may be named anew
                 raise UsageError(f"{out} holds a run with other settings (another budget, "
                                  "--data or --device?): give this study another --output-dir")
         else:
