@@ -25,6 +25,7 @@ def arm_curves(series: dict, name: str, path, *, title: str, threshold: float | 
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for i, (label, histories) in enumerate(series.items()):
@@ -40,6 +41,7 @@ def arm_curves(series: dict, name: str, path, *, title: str, threshold: float | 
     if threshold is not None:
         ax.axhline(threshold, color="grey", linestyle="--", linewidth=1)
     ax.set(title=title, xlabel="epoch", ylabel=LABELS.get(name, name))
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
