@@ -98,7 +98,7 @@ max_pool 25 fwdbwd and cl and not compile
 linear 40 bf16 and not compile
 conv 80 bf16 and not compile
 train_step 110 bf16
-data 20
+data 60 imagenet or prepared
 SUITES
 
 echo "== summary ($(now) s)" >>"$OUT/env.txt"

@@ -25,8 +25,10 @@ class Target:
     """A bar a benchmark case must clear.
 
     ``metric``: ``"speedup"`` (the baseline's median time over ``impl``'s), ``"copy_share"``
-    (``impl``'s GB/s over the card's measured copy bandwidth), ``"images_per_s"``, or
-    ``"memory"`` (the baseline's peak memory over ``impl``'s: at least 1 means no higher).
+    (``impl``'s GB/s over the card's measured copy bandwidth), ``"images_per_s"``,
+    ``"memory"`` (the baseline's peak memory over ``impl``'s: at least 1 means no higher), or
+    ``"feeds"`` (``impl``'s images/s over the highest images/s of the cases that ``versus``
+    names: (suite, impl, where) of another suite, e.g. the training step a loader must feed).
     ``where``: extra_info values a case must have (a tuple allows several).
     """
 
@@ -37,6 +39,7 @@ class Target:
     baseline: str = "eager"
     impl: str = "fastalex"
     where: dict = field(default_factory=dict)
+    versus: tuple = ()
 
 
 TARGETS = (
@@ -60,6 +63,10 @@ TARGETS = (
            40_000, impl="fastalex-graph", where={"dtype": "bf16"}),
     Target("training step (bf16) peak memory <= torch eager's", "train_step", "memory", 1.0,
            where={"dtype": "bf16"}),
+    Target("prepared data, nvJPEG decode + device augmentation >= the bf16 batch-128 training "
+           "step (CUDA graph)", "data", "feeds", 1.0,
+           where={"case": "prepared-gpu-decode+augment"},
+           versus=("train_step", "fastalex-graph", {"dtype": "bf16"})),
 )
 
 
@@ -103,8 +110,18 @@ def _ratio(num, den):
     return num / den if num and den else None
 
 
-def measure(target: Target, impls: dict, copy_gbps) -> tuple:
-    """(measured figure or None, what it is in words) of ``target`` on one case."""
+def reference_rate(versus: tuple, cases: dict):
+    """The highest images/s among the cases of ``versus`` = (suite, impl, where), or None."""
+    suite, impl, where = versus
+    probe = Target("", suite, "images_per_s", 0.0, impl=impl, where=where)
+    rates = [cases[case].get(impl, {}).get("images_per_s") for case in cases
+             if matches(probe, case, cases[case])]
+    return max((r for r in rates if r), default=None)
+
+
+def measure(target: Target, impls: dict, copy_gbps, cases: dict | None = None) -> tuple:
+    """(measured figure or None, what it is in words) of ``target`` on one case (``cases``:
+    every case, for a ``"feeds"`` target's reference)."""
     ours = impls.get(target.impl, {})
     base = impls.get(target.baseline, {})
     if target.metric == "speedup":
@@ -113,6 +130,9 @@ def measure(target: Target, impls: dict, copy_gbps) -> tuple:
         return _ratio(ours.get("gb_per_s"), copy_gbps), "of copy bandwidth"
     if target.metric == "images_per_s":
         return ours.get("images_per_s"), "images/s"
+    if target.metric == "feeds":
+        return (_ratio(ours.get("images_per_s"), reference_rate(target.versus, cases or {})),
+                f"x {target.versus[0]} {target.versus[1]} images/s")
     if target.metric == "memory":
         return _ratio(base.get("peak_mib"), ours.get("peak_mib")), f"{target.baseline} peak / ours"
     raise ValueError(f"unknown metric {target.metric!r}")
@@ -169,7 +189,7 @@ def print_targets(cases: dict, copy_gbps) -> int:
             print(f"  {target.what}: unmeasured (no case ran)")
             continue
         for case in rows:
-            value, unit = measure(target, cases[case], copy_gbps)
+            value, unit = measure(target, cases[case], copy_gbps, cases)
             if value is None:
                 verdict = "unmeasured"
             else:

@@ -10,7 +10,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from fastalex.models import alexnet, convnet4
 from fastalex.training import distributed, schedules
-from fastalex.training.data import builtin, datasets, stats, transforms
+from fastalex.training.data import builtin, datasets, shards, stats, transforms
 from fastalex.training.startup import install_warning_format
 
 
@@ -32,7 +32,10 @@ def locate_data(args, info, output_dir: Path) -> tuple[Path, stats.ImageStats]:
         if not data_dir.is_dir():
             raise datasets.DataError(f"--data {args.data}: no such directory (expected an "
                                      "ImageFolder tree: DIR/train/<class>/<image> and "
-                                     "DIR/val/<class>/<image>)")
+                                     "DIR/val/<class>/<image>, or python -m fastalex.prepare's "
+                                     "output)")
+        if shards.is_prepared(data_dir):
+            return data_dir, prepared_stats(args, data_dir)
 
     def locate():
         root = data_dir if args.data else builtin.ensure_builtin_dataset(
@@ -50,15 +53,45 @@ def locate_data(args, info, output_dir: Path) -> tuple[Path, stats.ImageStats]:
     return located
 
 
+def prepared_stats(args, data_dir: Path) -> stats.ImageStats:
+    """The statistics that ``python -m fastalex.prepare`` wrote beside its data."""
+    manifest = shards.read_manifest(data_dir)
+    if manifest["size"] != args.image_size:
+        raise datasets.DataError(
+            f"--image-size {args.image_size}: the prepared data in {data_dir} holds "
+            f"{manifest['size']} px images (use --image-size {manifest['size']}, or prepare "
+            f"again with --size {args.image_size})")
+    found = stats.load_stats(data_dir / manifest["stats"]["file"], manifest["stats"]["key"])
+    if found is None:
+        raise datasets.DataError(f"--data {data_dir}: {manifest['stats']['file']} is missing or "
+                                 "not this data's: run python -m fastalex.prepare again")
+    return found
+
+
 def val_transform(args, image_stats: stats.ImageStats, ten_crop: bool):
     """The validation transform of a run: centre crop, or the paper's ten crops."""
     return transforms.eval_transform(image_stats, size=args.image_size, crop=args.crop,
                                      per_channel_mean=args.per_channel_mean, ten_crop=ten_crop)
 
 
+def load_val_split(data_dir: Path, transform):
+    """The validation split of ``data_dir``, prepared data or an ImageFolder tree, each item
+    ``(transform(image), target)``."""
+    if shards.is_prepared(data_dir):
+        return shards.PreparedImages(data_dir, "val", transform=transform)
+    return datasets.load_split(data_dir, "val", transform)
+
+
 def build_datasets(args, data_dir: Path, image_stats: stats.ImageStats):
     """(train_set, val_set). With ``--gpu-decode`` the training items are the files' bytes,
-    decoded and transformed by :func:`train_batch_preparer`."""
+    decoded and transformed by :func:`train_batch_preparer`. Prepared data
+    (:mod:`~fastalex.training.data.shards`): the training items are the decoded uint8 images
+    (or with ``--gpu-decode`` their JPEG bytes), augmented on the device by
+    :func:`train_batch_preparer`; the validation items are transformed in the workers."""
+    if shards.is_prepared(data_dir):
+        train_set = shards.PreparedImages(data_dir, "train", encoded=args.gpu_decode)
+        return train_set, load_val_split(data_dir, val_transform(args, image_stats,
+                                                                  args.ten_crop))
     if args.gpu_decode:
         train_folder, train_tf = datasets.EncodedImageFolder, None
     else:
@@ -74,15 +107,26 @@ def build_datasets(args, data_dir: Path, image_stats: stats.ImageStats):
 
 def train_batch_preparer(args, image_stats: stats.ImageStats, device):
     """How a training batch reaches the device: ``None`` (the engine's default: move the
-    transformed CPU batch), or with ``--gpu-decode`` a function that decodes the batch's
-    files on ``device`` and applies the training transform there, batched."""
-    if not args.gpu_decode:
+    transformed CPU batch), or a function that applies the training transform on ``device``,
+    batched: with ``--gpu-decode`` after decoding the batch's files there; for prepared data
+    (:mod:`~fastalex.training.data.shards`) after moving the uint8 batch the workers decoded."""
+    prepared = bool(args.data) and shards.is_prepared(Path(args.data).expanduser())
+    if not args.gpu_decode and not prepared:
         return None
     transform = transforms.BatchTrainTransform(
         image_stats, size=args.image_size, crop=args.crop,
         per_channel_mean=args.per_channel_mean, pca_std=args.pca_std,
         crop_flip=args.crop_flip).to(device)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+
+    if not args.gpu_decode:
+        def prepare_decoded(batch):
+            images, targets = batch
+            images = transform(images.to(device, non_blocking=True))
+            return (images.contiguous(memory_format=memory_format),
+                    targets.to(device, non_blocking=True))
+
+        return prepare_decoded
 
     def prepare(batch):
         files, targets, paths = batch
@@ -127,7 +171,10 @@ def val_loader(val_set, *, batch_size: int, ten_crop: bool, workers: int, device
 def make_loaders(args, info, train_set, val_set, device, generator: torch.Generator):
     """(train_loader, val_loader, train_sampler): the training order and the workers'
     augmentation seeds come from ``generator`` (re-seeded per epoch with :func:`epoch_seed`)."""
-    if info.enabled:
+    if info.enabled and isinstance(train_set, shards.PreparedImages):
+        train_sampler = shards.ShardSampler(train_set, info.world_size, info.rank, shuffle=True,
+                                            seed=args.seed)  # each rank its own shards
+    elif info.enabled:
         train_sampler = DistributedSampler(train_set, info.world_size, info.rank, shuffle=True,
                                            seed=args.seed)
     else:

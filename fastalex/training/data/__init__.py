@@ -1,5 +1,6 @@
-"""The data pipeline: the built-in dataset, ImageFolder loading, training-set statistics and the
-paper's transforms."""
+"""The data pipeline: the built-in dataset, ImageFolder loading, prepared data (256 px JPEG
+shards, :mod:`~fastalex.training.data.shards`), training-set statistics and the paper's
+transforms."""
 
 from fastalex.training.data.builtin import CLASSES, default_cache_dir, ensure_builtin_dataset
 from fastalex.training.data.datasets import (
@@ -13,6 +14,7 @@ from fastalex.training.data.datasets import (
     decode_images,
     load_split,
 )
+from fastalex.training.data.shards import PreparedImages, ShardSampler, is_prepared
 from fastalex.training.data.stats import ImageStats, load_or_compute_stats
 from fastalex.training.data.transforms import (
     BatchTrainTransform,
@@ -31,7 +33,9 @@ __all__ = [
     "EncodedImageFolder",
     "ImageStats",
     "PCALighting",
+    "PreparedImages",
     "SafeImageFolder",
+    "ShardSampler",
     "SubtractMean",
     "ToFloat255",
     "build_datasets",
@@ -41,6 +45,7 @@ __all__ = [
     "default_cache_dir",
     "ensure_builtin_dataset",
     "eval_transform",
+    "is_prepared",
     "load_or_compute_stats",
     "load_split",
     "train_transform",

@@ -25,7 +25,8 @@ from fastalex.training.atomic import save_atomic
 from fastalex.training.data.datasets import DataError, SafeImageFolder
 from fastalex.training.system import usable_cpus
 
-__all__ = ["ImageStats", "compute_stats", "load_or_compute_stats"]
+__all__ = ["ImageStats", "compute_stats", "load_or_compute_stats", "load_stats", "save_stats",
+           "stats_from_sums"]
 
 _CACHE_VERSION = 1
 _SAMPLE_SEED = 0  # the sample of a large training set is the same on every run and rank
@@ -150,6 +151,13 @@ def compute_stats(
                 pixel_sum += sums[0].numpy()
                 outer_sum += sums[1].numpy()
                 count += sums[2]
+    return stats_from_sums(pixel_sum, outer_sum, count, size)
+
+
+def stats_from_sums(pixel_sum: np.ndarray, outer_sum: np.ndarray, count: int,
+                    size: int) -> ImageStats:
+    """The statistics of ``count`` images [3, size, size] from their float64 sums: the sum of
+    the images and the sum over all pixels of x x^T (x the pixel's RGB values, 0-255)."""
     if count == 0:
         raise DataError("no readable image to compute the mean image and RGB PCA from")
 
@@ -171,6 +179,16 @@ def compute_stats(
         num_images=count,
         size=size,
     )
+
+
+def save_stats(stats: ImageStats, path: str | os.PathLike, key: dict) -> None:
+    """Write ``stats`` to ``path`` (atomically) in the cache format, under ``key``."""
+    save_atomic({"key": key, "stats": vars(stats)}, path)
+
+
+def load_stats(path: str | os.PathLike, key: dict) -> ImageStats | None:
+    """The statistics cached in ``path`` under ``key``; None if missing or made for another."""
+    return _load_cached(Path(path), key)
 
 
 def _load_cached(path: Path, key: dict) -> ImageStats | None:
@@ -215,5 +233,5 @@ def load_or_compute_stats(
         workers=_default_workers(len(indices)) if workers is None else workers,
         progress=progress,
     )
-    save_atomic({"key": key, "stats": vars(stats)}, cache_file)
+    save_stats(stats, cache_file, key)
     return stats

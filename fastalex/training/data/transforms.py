@@ -91,13 +91,17 @@ class PCALighting(torch.nn.Module):
         self.std = float(std)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return image + self.shift(image)
+
+    def shift(self, image: torch.Tensor) -> torch.Tensor:
+        """A new draw of the shift for ``image`` [..., 3, H, W]: [..., 3, 1, 1], its dtype."""
         if image.dim() < 3 or image.shape[-3] != 3:
             raise ValueError(f"image: expected [..., 3, H, W], got {list(image.shape)}")
         alpha = torch.randn(image.shape[:-3] + (3,), device=image.device) * self.std
         eigvals = self.eigvals.to(image.device)
         eigvecs = self.eigvecs.to(image.device)
         shift = (alpha * eigvals) @ eigvecs.T  # [..., 3]: sum_i alpha_i lambda_i p_i
-        return image + shift[..., :, None, None].to(image.dtype)
+        return shift[..., :, None, None].to(image.dtype)
 
     def extra_repr(self) -> str:
         return f"std={self.std}"
@@ -191,8 +195,9 @@ def eval_transform(
 
 class BatchTrainTransform(torch.nn.Module):
     """:func:`train_transform` for a batch of decoded images on one device (the GPU decoding
-    path, see :func:`~fastalex.training.data.datasets.decode_images`): a list of uint8
-    [3, H, W] tensors -> float32 [N, 3, crop, crop] on their device.
+    path, see :func:`~fastalex.training.data.datasets.decode_images`, and prepared data): a
+    list of uint8 [3, H, W] tensors, or one uint8 [N, 3, size, size] tensor, -> float32
+    [N, 3, crop, crop] on their device.
 
     The same steps; the resize is torch's antialiased bilinear instead of PIL's, so values can
     differ from the CPU path by a level or so. Each image gets its own crop, flip and lighting;
@@ -220,14 +225,16 @@ class BatchTrainTransform(torch.nn.Module):
             else None
         )
 
-    def forward(self, images: list[torch.Tensor]) -> torch.Tensor:
+    def forward(self, images: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:
         if len(images) == 0:
             raise ValueError("images: empty batch")
-        square = torch.stack(
-            [F.center_crop(F.resize(im, [self.size], antialias=True), [self.size]) for im in images]
-        )
-        x = square.to(torch.float32) - self.mean.to(square.device)  # [N, 3, size, size]
-        n, c, device = x.shape[0], self.crop, x.device
+        if isinstance(images, torch.Tensor) and images.dim() == 4 \
+                and images.shape[-2:] == (self.size, self.size):
+            square = images  # a batch already at size x size (prepared data): no resize
+        else:
+            square = torch.stack([F.center_crop(F.resize(im, [self.size], antialias=True),
+                                                [self.size]) for im in images])
+        n, c, device = square.shape[0], self.crop, square.device
         if self.crop_flip:
             top = torch.randint(0, self.size - c + 1, (n,), device=device)
             left = torch.randint(0, self.size - c + 1, (n,), device=device)
@@ -235,10 +242,42 @@ class BatchTrainTransform(torch.nn.Module):
         else:  # torchvision's CenterCrop: the offset rounds half up
             top = left = torch.full((n,), int(round((self.size - c) / 2.0)), device=device)
             flip = torch.zeros(n, dtype=torch.bool, device=device)
+        mean = self.mean.to(device)
+        # Crop (and flip) first, then subtract the same window of the mean image: the same
+        # values as subtracting before the crop, on a fifth fewer pixels and uint8 reads.
+        crop_batch = self._crop_each if device.type == "cpu" else self._crop_gather
+        x = crop_batch(square, mean, top, left, flip)
+        if self.lighting is not None:  # in place: x is this call's own tensor
+            x.add_(self.lighting.shift(x))
+        return x
+
+    def _crop_gather(self, square, mean, top, left, flip) -> torch.Tensor:
+        """A GPU's way: one gather for the batch; a flipped crop reads its columns backwards."""
+        n, c, device = square.shape[0], self.crop, square.device
         steps = torch.arange(c, device=device)
-        rows = top[:, None] + steps  # [N, c]
-        cols = left[:, None] + torch.where(flip[:, None], c - 1 - steps, steps)  # [N, c]
+        rows = (top[:, None] + steps)[:, :, None]  # [N, c, 1]
+        cols = (left[:, None] + torch.where(flip[:, None], c - 1 - steps, steps))[:, None]
         batch = torch.arange(n, device=device)[:, None, None]
-        x = x[batch, :, rows[:, :, None], cols[:, None, :]]  # [N, c, c, 3]
-        x = x.permute(0, 3, 1, 2).contiguous()
-        return self.lighting(x) if self.lighting is not None else x
+        x = square[batch, :, rows, cols].permute(0, 3, 1, 2).to(torch.float32)  # [N, 3, c, c]
+        if mean.shape[1:] != (1, 1):
+            mean = mean[:, rows, cols].transpose(0, 1)  # [N, 3, c, c]
+        return (x - mean).contiguous()
+
+    def _crop_each(self, square, mean, top, left, flip) -> torch.Tensor:
+        """The CPU's way: one slice per image, written straight into the output (a batched
+        gather costs several times more on a CPU)."""
+        tops, lefts, flips = top.tolist(), left.tolist(), flip.tolist()
+        c, size = self.crop, self.size
+        full = mean.shape[1:] != (1, 1)
+        mirrored = mean.flip(-1) if full else mean
+        out = torch.empty(square.shape[0], 3, c, c, dtype=torch.float32)
+        for i, (t, l, f) in enumerate(zip(tops, lefts, flips)):
+            window = square[i, :, t:t + c, l:l + c]
+            m = mean
+            if f:  # column j of the flipped crop is column l + c - 1 - j of the image
+                window = window.flip(-1)
+                m = mirrored[:, :, size - l - c:size - l] if full else mean
+            elif full:
+                m = mean[:, :, l:l + c]
+            torch.sub(window.float(), m[:, t:t + c] if full else m, out=out[i])
+        return out
