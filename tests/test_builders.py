@@ -117,3 +117,33 @@ def test_gpu_decode_batches_match_the_cpu_path(png_tree):
         assert 0.3 < flips < 0.7
         spread = torch.stack(alphas[name]).std().item()  # alpha ~ N(0, 0.1) per axis
         assert 0.07 < spread < 0.13, (name, spread)
+
+
+def test_build_model_follows_the_model_flags():
+    from fastalex.models import AlexNet, ConvNet4
+
+    device = torch.device("cpu")
+    args = options.resolve(["--impl", "torch", "--no-conv4", "--device", "cpu"])
+    model = builders.build_model(args, 10, device)
+    assert isinstance(model, AlexNet) and model.config["conv4"] is False
+    assert not hasattr(model.features, "conv4")
+    args = options.resolve(["--model", "convnet4", "--activation", "tanh", "--impl", "torch",
+                            "--image-size", "32", "--crop", "32", "--device", "cpu"])
+    model = builders.build_model(args, 7, device)
+    assert isinstance(model, ConvNet4)
+    assert model.config == dict(num_classes=7, activation="tanh", image_size=32, impl="torch")
+
+
+def test_no_crop_flip_trains_on_the_centre_crop(tiny_data):
+    args = options.resolve([*TINY, "--data", str(tiny_data), "--no-crop-flip", "--pca-std",
+                            "0"])
+    _, image_stats = builders.locate_data(args, DistInfo(), tiny_data)
+    train_set, val_set = builders.build_datasets(args, tiny_data, image_stats)
+    for i in (0, 7, 23):
+        torch.manual_seed(i)
+        first = train_set[i][0]
+        torch.manual_seed(i + 100)
+        # Every draw gives the validation (centre) crop of the same image.
+        assert torch.equal(first, train_set[i][0])
+        assert torch.equal(first, builders.val_transform(args, image_stats, False)(
+            train_set.loader(train_set.samples[i][0])))

@@ -231,6 +231,26 @@ def test_ablation_no_lrn_and_dropout(impl):
     assert list(model.state_dict()) == list(alexnet(10, image_size=67).state_dict())
 
 
+@pytest.mark.parametrize("impl", ["fastalex", "torch"])
+def test_ablation_without_conv4(impl):
+    torch.manual_seed(0)
+    model = alexnet(10, image_size=67, impl=impl, conv4=False)
+    names = [name for name, _ in model.features.named_children()]
+    assert [n for n in names if n.startswith("conv")] == ["conv1", "conv2", "conv3", "conv5"]
+    convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.groups) for c in convs] == [
+        (3, 96, 1), (96, 256, 2), (256, 384, 1), (384, 256, 2)]  # conv3 feeds conv5
+    full = alexnet(10, image_size=67, impl=impl)
+    assert count(full) - count(model) == 384 * 192 * 9 + 384  # conv4's weights and biases
+    assert model.config["conv4"] is False
+    again = alexnet(**model.config)
+    again.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 67, 67) * 50
+    with fastalex.reference_ops(), torch.no_grad():
+        assert model.eval()(x).shape == (2, 10)
+        torch.testing.assert_close(again.eval()(x), model(x))
+
+
 def test_dropout_only_in_training():
     model = alexnet(4, image_size=67, impl="fastalex")
     x = torch.randn(2, 3, 67, 67) * 50
@@ -259,6 +279,7 @@ def test_config_rebuilds_the_same_network():
     (dict(activation="gelu"), "activation"),
     (dict(pooling="average"), "pooling"),
     (dict(lrn="yes"), "lrn"),
+    (dict(conv4=0), "conv4"),
     (dict(image_size=66), "image_size"),
     (dict(impl="jax"), "impl"),
 ])

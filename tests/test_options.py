@@ -205,3 +205,21 @@ def test_cuda_graph_is_a_run_flag(tmp_path):
     assert args.cuda_graph is None  # not given: resolve takes the checkpoint's
     saved = options._saved_flags(path, {"cuda_graph"})
     assert saved == {"cuda_graph": True}
+
+
+def test_the_ablation_flags_and_their_defaults():
+    args = options.resolve([])
+    assert (args.model, args.conv4, args.crop_flip) == ("alexnet", True, True)
+    args = options.resolve(["--model", "convnet4", "--no-conv4", "--no-crop-flip"])
+    assert (args.model, args.conv4, args.crop_flip) == ("convnet4", False, False)
+    for recipe in (presets.PAPER, presets.BUILTIN_CPU, presets.BUILTIN_CUDA):
+        assert recipe["crop_flip"] is True
+
+
+def test_the_smallest_input_depends_on_the_model():
+    args = options.resolve(["--model", "convnet4", "--image-size", "32", "--crop", "15"])
+    assert args.crop == 15
+    with pytest.raises(UsageError, match="--crop must be >= 15, got 14"):
+        options.resolve(["--model", "convnet4", "--image-size", "32", "--crop", "14"])
+    with pytest.raises(UsageError, match="--crop must be >= 67, got 32"):
+        options.resolve(["--image-size", "32", "--crop", "32"])

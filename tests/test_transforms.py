@@ -216,3 +216,41 @@ def test_batch_train_transform(device):
     assert not torch.allclose(per_image[0], per_image[1])
     with pytest.raises(ValueError, match="images"):
         plain([])
+
+
+@pytest.mark.parametrize("size,crop", [(9, 5), (8, 5)])  # odd and even margins
+def test_no_crop_flip_is_the_centre_crop(size, crop):
+    pixels = random_image(np.random.default_rng(12), size + 3, size)
+    stats = make_stats(torch.rand(3, size, size) * 255, eigvals=(400.0, 100.0, 25.0))
+    fixed = train_transform(stats, size=size, crop=crop, pca_std=0.0, crop_flip=False)
+    centre = eval_transform(stats, size=size, crop=crop)
+    want = centre(Image.fromarray(pixels))
+    for seed in range(5):
+        torch.manual_seed(seed)
+        assert torch.equal(fixed(Image.fromarray(pixels)), want)
+    # The lighting still applies: one RGB shift on top of the same crop.
+    lit = train_transform(stats, size=size, crop=crop, pca_std=0.1, crop_flip=False)
+    shift = lit(Image.fromarray(pixels)) - want
+    per_channel = shift.mean(dim=(1, 2))
+    assert per_channel.abs().max() > 0
+    torch.testing.assert_close(shift, per_channel.view(3, 1, 1).expand_as(shift), rtol=0,
+                               atol=1e-3)
+
+
+@pytest.mark.parametrize("device", DECODE_DEVICES)
+@pytest.mark.parametrize("size,crop", [(9, 5), (8, 5)])
+def test_batch_train_transform_without_crop_flip(device, size, crop):
+    from torchvision.transforms.v2 import functional as F
+
+    stats = make_stats(torch.rand(3, size, size) * 255)
+    rng = np.random.default_rng(13)
+    images = [torch.from_numpy(random_image(rng, h, w)).permute(2, 0, 1).to(device)
+              for h, w in ((size, size), (16, 12), (10, 20))]
+    fixed = BatchTrainTransform(stats, size=size, crop=crop, pca_std=0.0,
+                                crop_flip=False).to(device)
+    out = fixed(images).cpu()
+    for n, image in enumerate(images):
+        square = F.center_crop(F.resize(image.cpu(), [size], antialias=True), [size]).float()
+        want = F.center_crop(square - stats.mean_image, [crop])  # torchvision's centre
+        atol = 1e-4 if device == "cpu" else 1.01
+        torch.testing.assert_close(out[n], want, rtol=0, atol=atol)

@@ -70,7 +70,7 @@ class AlexNet(nn.Module):
         return ", ".join(f"{k}={v!r}" for k, v in self.config.items())
 
 
-def _check(num_classes, dropout, activation, pooling, lrn, image_size, impl):
+def _check(num_classes, dropout, activation, pooling, lrn, image_size, impl, conv4):
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
@@ -81,6 +81,8 @@ def _check(num_classes, dropout, activation, pooling, lrn, image_size, impl):
         raise ValueError(f"pooling must be one of {tuple(POOLING)}, got {pooling!r}")
     if not isinstance(lrn, bool):
         raise TypeError(f"lrn must be a bool, got {lrn!r}")
+    if not isinstance(conv4, bool):
+        raise TypeError(f"conv4 must be a bool, got {conv4!r}")
     if (isinstance(image_size, bool) or not isinstance(image_size, int)
             or image_size < MIN_IMAGE_SIZE):
         raise ValueError(f"image_size must be an int >= {MIN_IMAGE_SIZE}, got {image_size!r}")
@@ -134,7 +136,7 @@ def init_paper_(model: nn.Module) -> nn.Module:
 
 def alexnet(num_classes: int = 1000, dropout: float = 0.5, *, activation: str = "relu",
             pooling: str = "overlapping", lrn: bool = True, image_size: int = 227,
-            impl: str = "fastalex") -> AlexNet:
+            impl: str = "fastalex", conv4: bool = True) -> AlexNet:
     """The paper's AlexNet: 60,965,224 parameters at 227 px and 1000 classes.
 
     Args:
@@ -147,8 +149,10 @@ def alexnet(num_classes: int = 1000, dropout: float = 0.5, *, activation: str = 
         image_size: side of the square input; 227 in the paper, down to 67 for quick runs
             (fc6's input is 256 x s x s, s = :func:`feature_size`).
         impl: ``"fastalex"`` (fused kernels) or ``"torch"`` (plain torch.nn, same state_dict).
+        conv4: keep conv4 (the paper). ``False`` is the paper's depth ablation, a network
+            without one middle convolutional layer: conv3's 384 maps feed conv5 directly.
     """
-    _check(num_classes, dropout, activation, pooling, lrn, image_size, impl)
+    _check(num_classes, dropout, activation, pooling, lrn, image_size, impl, conv4)
     dropout = float(dropout)
     build = _fastalex_layers if impl == "fastalex" else _torch_layers
     conv, hidden, lrn_layer, pool_layer, linear = build(activation, dropout)
@@ -156,6 +160,8 @@ def alexnet(num_classes: int = 1000, dropout: float = 0.5, *, activation: str = 
 
     features, cin = [], 3
     for i, cout, k, s, p, g, has_lrn, has_pool in CONV_LAYERS:
+        if i == "4" and not conv4:
+            continue
         features += conv(i, cin, cout, k, s, p, g)
         if has_lrn and lrn:
             features.append((f"norm{i}", lrn_layer(LRN_SIZE, LRN_ALPHA, LRN_BETA, LRN_K)))
@@ -168,7 +174,7 @@ def alexnet(num_classes: int = 1000, dropout: float = 0.5, *, activation: str = 
     classifier.append(("fc8", linear(HIDDEN, num_classes)))
 
     config = dict(num_classes=num_classes, dropout=dropout, activation=activation,
-                  pooling=pooling, lrn=lrn, image_size=image_size, impl=impl)
+                  pooling=pooling, lrn=lrn, image_size=image_size, impl=impl, conv4=conv4)
     model = AlexNet(nn.Sequential(OrderedDict(features)), nn.Sequential(OrderedDict(classifier)),
                     config)
     return init_paper_(model)

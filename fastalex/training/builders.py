@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 from torch.utils.data.distributed import DistributedSampler
 
-from fastalex.models import alexnet
+from fastalex.models import alexnet, convnet4
 from fastalex.training import distributed, schedules
 from fastalex.training.data import builtin, datasets, shards, stats, transforms
 from fastalex.training.startup import install_warning_format
@@ -98,7 +98,8 @@ def build_datasets(args, data_dir: Path, image_stats: stats.ImageStats):
         train_folder = datasets.SafeImageFolder
         train_tf = transforms.train_transform(
             image_stats, size=args.image_size, crop=args.crop,
-            per_channel_mean=args.per_channel_mean, pca_std=args.pca_std)
+            per_channel_mean=args.per_channel_mean, pca_std=args.pca_std,
+            crop_flip=args.crop_flip)
     return datasets.build_datasets(data_dir, train_tf, val_transform(args, image_stats,
                                                                      args.ten_crop),
                                    train_folder=train_folder)
@@ -114,7 +115,8 @@ def train_batch_preparer(args, image_stats: stats.ImageStats, device):
         return None
     transform = transforms.BatchTrainTransform(
         image_stats, size=args.image_size, crop=args.crop,
-        per_channel_mean=args.per_channel_mean, pca_std=args.pca_std).to(device)
+        per_channel_mean=args.per_channel_mean, pca_std=args.pca_std,
+        crop_flip=args.crop_flip).to(device)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
 
     if not args.gpu_decode:
@@ -188,9 +190,15 @@ def make_loaders(args, info, train_set, val_set, device, generator: torch.Genera
 
 
 def build_model(args, num_classes: int, device) -> torch.nn.Module:
-    """The paper's AlexNet with the run's ablation switches, on ``device``."""
-    model = alexnet(num_classes, args.dropout, activation=args.activation, pooling=args.pooling,
-                    lrn=args.lrn, image_size=args.crop, impl=args.impl).to(device)
+    """The paper's AlexNet with the run's ablation switches, or with ``--model convnet4`` the
+    four-layer CNN of its Figure 1, on ``device``."""
+    if args.model == "convnet4":
+        model = convnet4(num_classes, activation=args.activation, image_size=args.crop,
+                         impl=args.impl).to(device)
+    else:
+        model = alexnet(num_classes, args.dropout, activation=args.activation,
+                        pooling=args.pooling, lrn=args.lrn, image_size=args.crop,
+                        impl=args.impl, conv4=args.conv4).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model

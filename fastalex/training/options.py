@@ -16,6 +16,7 @@ from fastalex.training.startup import HelpFormatter, UsageError, resolve_device
 
 PROG = "python -m fastalex.train"
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+MODELS = ("alexnet", "convnet4")
 
 DESCRIPTION = (
     "Train the 2012 AlexNet (fastalex's fused Triton kernels on a GPU). Without --data: the "
@@ -43,9 +44,12 @@ def _data_flags(d) -> None:
                    help="shorter side resized to N, centre N x N crop (paper: 256)")
     d.add_argument("--crop", type=int, metavar="N",
                    help="random N x N training crops, centre crop for validation: the network's "
-                        "input size (paper: 227; at least 67)")
+                        "input size (paper: 227; at least 67, 15 for convnet4)")
     d.add_argument("--per-channel-mean", action=argparse.BooleanOptionalAction,
                    help="subtract the per-channel mean instead of the paper's mean image")
+    d.add_argument("--crop-flip", action=argparse.BooleanOptionalAction,
+                   help="train on random crops and horizontal flips (paper); --no-crop-flip "
+                        "trains on the centre crop, the augmentation ablation")
     d.add_argument("--pca-std", type=float, metavar="S",
                    help="std of the fancy-PCA lighting coefficients (paper: 0.1; 0 turns it off)")
     d.add_argument("--stats-images", type=int, metavar="N",
@@ -63,6 +67,10 @@ def _data_flags(d) -> None:
 
 
 def _model_flags(m) -> None:
+    m.add_argument("--model", choices=MODELS,
+                   help="alexnet (the paper's network) or convnet4, the four-layer CNN of the "
+                        "paper's Figure 1 (3 x 5x5 conv + 3x3/2 max-pool, one fc layer; it "
+                        "takes --activation and --impl, ignores the AlexNet switches below)")
     m.add_argument("--impl", choices=("fastalex", "torch"),
                    help="fastalex layers (Triton kernels on a GPU) or the same network from "
                         "plain torch.nn")
@@ -72,6 +80,9 @@ def _model_flags(m) -> None:
                    help="max-pool 3x3 stride 2 (paper) or 2x2 stride 2")
     m.add_argument("--lrn", action=argparse.BooleanOptionalAction,
                    help="local response normalisation after conv1 and conv2 (paper: on)")
+    m.add_argument("--conv4", action=argparse.BooleanOptionalAction,
+                   help="AlexNet's conv4 (paper: on); --no-conv4 removes it, conv3's 384 "
+                        "maps feed conv5 directly: the depth ablation")
 
 
 def _optimisation_flags(o) -> None:
@@ -214,7 +225,8 @@ def resolve(argv=None, **overrides) -> argparse.Namespace:
 
 def check(args) -> None:
     """A :class:`UsageError` naming the first flag whose value cannot work."""
-    from fastalex.models.alexnet import MIN_IMAGE_SIZE
+    from fastalex.models.alexnet import MIN_IMAGE_SIZE as ALEXNET_MIN
+    from fastalex.models.convnet4 import MIN_IMAGE_SIZE as CONVNET4_MIN
 
     def at_least(name, value, minimum=1):
         if value < minimum:
@@ -222,7 +234,8 @@ def check(args) -> None:
 
     for name in ("epochs", "batch-size", "image-size", "print-freq", "stats-images"):
         at_least(name, getattr(args, name.replace("-", "_")))
-    at_least("crop", args.crop, MIN_IMAGE_SIZE)
+    min_size = CONVNET4_MIN if args.model == "convnet4" else ALEXNET_MIN
+    at_least("crop", args.crop, min_size)
     for name in ("workers", "lr-patience", "lr-decays"):
         at_least(name, getattr(args, name.replace("-", "_")), 0)
     if args.stop_after is not None:

@@ -9,6 +9,8 @@ from fastalex.training.system import usable_cpus
 
 # The paper's network and the plumbing of a run: the same in every recipe.
 COMMON = dict(
+    model="alexnet",
+    conv4=True,
     impl="fastalex",
     activation="relu",
     pooling="overlapping",
@@ -38,6 +40,7 @@ PAPER = dict(
     image_size=256,
     crop=227,
     dropout=0.5,
+    crop_flip=True,
     pca_std=0.1,
     per_channel_mean=False,
 )
@@ -54,6 +57,7 @@ _QUICK = dict(
     lr_patience=5,
     lr_decays=3,
     dropout=0.5,
+    crop_flip=True,
     pca_std=0.1,
     per_channel_mean=False,
 )

@@ -147,8 +147,12 @@ def train_transform(
     crop: int = 227,
     per_channel_mean: bool = False,
     pca_std: float = 0.1,
+    crop_flip: bool = True,
 ) -> v2.Compose:
     """PIL image -> float32 [3, crop, crop]: the paper's training pipeline.
+
+    ``crop_flip=False`` takes the centre crop and never flips (the ablation of the paper's
+    translations and reflections; the lighting is ``pca_std``'s business).
 
     PCA lighting scales each eigenvector by ``alpha_i * sqrt(eigval_i)``: the standard deviation
     of the pixel values along that eigenvector, so the shift is in pixel units and the same
@@ -159,7 +163,9 @@ def train_transform(
     what the widely used re-implementations do. ``pca_std=0`` turns the lighting off.
     """
     mean = _check(stats, size, crop, per_channel_mean)
-    steps = _preprocess(size, mean) + [v2.RandomCrop(crop), v2.RandomHorizontalFlip()]
+    steps = _preprocess(size, mean)
+    steps += [v2.RandomCrop(crop), v2.RandomHorizontalFlip()] if crop_flip else \
+        [v2.CenterCrop(crop)]
     if pca_std > 0:
         steps.append(PCALighting(stats.eigvals.clamp(min=0).sqrt(), stats.eigvecs, pca_std))
     return v2.Compose(steps)
@@ -195,7 +201,8 @@ class BatchTrainTransform(torch.nn.Module):
 
     The same steps; the resize is torch's antialiased bilinear instead of PIL's, so values can
     differ from the CPU path by a level or so. Each image gets its own crop, flip and lighting;
-    the crop and flip are one gather (a flipped crop reads its columns backwards).
+    the crop and flip are one gather (a flipped crop reads its columns backwards);
+    ``crop_flip=False`` takes every image's centre crop, unflipped.
     """
 
     def __init__(
@@ -206,10 +213,11 @@ class BatchTrainTransform(torch.nn.Module):
         crop: int = 227,
         per_channel_mean: bool = False,
         pca_std: float = 0.1,
+        crop_flip: bool = True,
     ):
         super().__init__()
         mean = _check(stats, size, crop, per_channel_mean)
-        self.size, self.crop = size, crop
+        self.size, self.crop, self.crop_flip = size, crop, crop_flip
         self.register_buffer("mean", mean.view(3, 1, 1) if per_channel_mean else mean.clone())
         self.lighting = (
             PCALighting(stats.eigvals.clamp(min=0).sqrt(), stats.eigvecs, pca_std)
@@ -227,9 +235,13 @@ class BatchTrainTransform(torch.nn.Module):
             square = torch.stack([F.center_crop(F.resize(im, [self.size], antialias=True),
                                                 [self.size]) for im in images])
         n, c, device = square.shape[0], self.crop, square.device
-        top = torch.randint(0, self.size - c + 1, (n,), device=device)
-        left = torch.randint(0, self.size - c + 1, (n,), device=device)
-        flip = torch.rand(n, device=device) < 0.5
+        if self.crop_flip:
+            top = torch.randint(0, self.size - c + 1, (n,), device=device)
+            left = torch.randint(0, self.size - c + 1, (n,), device=device)
+            flip = torch.rand(n, device=device) < 0.5
+        else:  # torchvision's CenterCrop: the offset rounds half up
+            top = left = torch.full((n,), int(round((self.size - c) / 2.0)), device=device)
+            flip = torch.zeros(n, dtype=torch.bool, device=device)
         mean = self.mean.to(device)
         # Crop (and flip) first, then subtract the same window of the mean image: the same
         # values as subtracting before the crop, on a fifth fewer pixels and uint8 reads.
