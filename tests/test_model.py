@@ -264,9 +264,52 @@ def test_dropout_only_in_training():
         assert not torch.equal(a, model(x))
 
 
+@pytest.mark.parametrize("impl", ["fastalex", "torch"])
+def test_he_initialisation_and_the_positive_biases(impl):
+    torch.manual_seed(2)
+    model = alexnet(impl=impl, image_size=99, init="he", positive_bias=0.1)
+    for name, module in model.named_modules():
+        if not isinstance(module, (nn.Conv2d, nn.Linear)):
+            continue
+        short = name.split(".")[-1]
+        w = module.weight.detach()
+        n, std = w.numel(), (2.0 / w[0].numel()) ** 0.5  # N(0, 2 / fan_in)
+        assert abs(w.mean().item()) < 5 * std / n ** 0.5, name
+        assert abs(w.std().item() - std) < 5 * std / (2 * n) ** 0.5, name
+        expected = 0.1 if short in ("conv2", "conv4", "conv5", "fc6", "fc7") else 0.0
+        assert torch.all(module.bias == torch.tensor(0.1).float() if expected else
+                         module.bias == 0), name
+
+
+def test_he_keeps_the_signal_that_the_paper_s_init_loses():
+    """At 67 px with 10 classes, the image-dependent part of the logits (their std over a
+    batch) is lost with N(0, 0.01) weights; with He's weights on a unit-variance input it is
+    more than 30 times larger."""
+    torch.manual_seed(3)
+    x = torch.randn(32, 3, 67, 67) * 64  # about the spread of 0-255 pixels minus the mean
+    with fastalex.reference_ops(), torch.no_grad():
+        paper = alexnet(10, impl="torch", image_size=67).eval()(x)
+        he = alexnet(10, impl="torch", image_size=67, init="he", positive_bias=0.1,
+                     input_scale=1 / 64).eval()(x)
+    assert paper.std(0).mean() < 0.01
+    assert he.std(0).mean() > 30 * paper.std(0).mean()
+
+
+def test_input_scale_multiplies_the_input_first():
+    torch.manual_seed(4)
+    model = alexnet(10, impl="torch", image_size=67, input_scale=0.25).eval()
+    plain = alexnet(10, impl="torch", image_size=67).eval()
+    plain.load_state_dict(model.state_dict())
+    x = torch.randn(3, 3, 67, 67) * 50
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), plain(x * 0.25))
+    assert model.config["input_scale"] == 0.25 and plain.config["input_scale"] == 1.0
+
+
 def test_config_rebuilds_the_same_network():
     model = alexnet(7, 0.3, activation="tanh", pooling="non-overlapping", lrn=False,
-                    image_size=99, impl="torch")
+                    image_size=99, impl="torch", init="he", positive_bias=0.1,
+                    input_scale=0.5)
     again = alexnet(**model.config)
     assert again.config == model.config
     again.load_state_dict(model.state_dict())
@@ -282,6 +325,10 @@ def test_config_rebuilds_the_same_network():
     (dict(conv4=0), "conv4"),
     (dict(image_size=66), "image_size"),
     (dict(impl="jax"), "impl"),
+    (dict(init="xavier"), "init"),
+    (dict(positive_bias="1"), "positive_bias"),
+    (dict(input_scale=0.0), "input_scale"),
+    (dict(input_scale=float("nan")), "input_scale"),
 ])
 def test_bad_arguments_name_the_argument(kwargs, name):
     with pytest.raises((ValueError, TypeError), match=name):

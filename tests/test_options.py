@@ -216,6 +216,17 @@ def test_the_ablation_flags_and_their_defaults():
         assert recipe["crop_flip"] is True
 
 
+def test_the_initialisation_flags():
+    paper = options.resolve(["--data", "/data/imagenet"], device="cpu")
+    assert (paper.init, paper.init_bias, paper.input_scale) == ("paper", 1.0, 1.0)
+    args = options.resolve(["--init", "paper", "--init-bias", "0.5", "--input-scale", "0.02"])
+    assert (args.init, args.init_bias, args.input_scale) == ("paper", 0.5, 0.02)
+    with pytest.raises(UsageError, match="--input-scale must be > 0, got 0.0"):
+        options.resolve(["--input-scale", "0"])
+    with pytest.raises(UsageError, match="--init-bias must be a finite number, got nan"):
+        options.resolve(["--init-bias", "nan"])
+
+
 def test_the_smallest_input_depends_on_the_model():
     args = options.resolve(["--model", "convnet4", "--image-size", "32", "--crop", "15"])
     assert args.crop == 15

@@ -39,6 +39,18 @@ def test_builtin_preset_is_sane():
     options.check(_recipe_args("/data/imagenet", "cuda"))
 
 
+def test_the_paper_s_optimiser_everywhere_and_its_initialisation_with_data():
+    """Every recipe trains with the paper's SGD (momentum 0.9, weight decay 5e-4, lr 0.01);
+    only the built-in data's departs from the paper's initialisation."""
+    for recipe in (presets.PAPER, presets.BUILTIN_CPU, presets.BUILTIN_CUDA):
+        assert (recipe["optimizer"], recipe["momentum"], recipe["wd"], recipe["lr"]) == (
+            "sgd", 0.9, 5e-4, 0.01)
+    _, paper = presets.recipe("/data/imagenet", "cuda")
+    assert (paper["init"], paper["init_bias"], paper["input_scale"]) == ("paper", 1.0, 1.0)
+    _, builtin = presets.recipe(None, "cpu")
+    assert (builtin["init"], builtin["init_bias"], builtin["input_scale"]) == ("he", 0.1, 1 / 64)
+
+
 def test_default_workers(monkeypatch):
     for cpus, workers in ((1, 0), (2, 1), (4, 3), (64, 8)):
         monkeypatch.setattr(presets, "usable_cpus", lambda cpus=cpus: cpus)

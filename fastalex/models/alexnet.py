@@ -35,6 +35,9 @@ HIDDEN = 4096
 # providing the ReLUs with positive inputs"); every other bias starts at 0.
 BIAS_ONE = ("conv2", "conv4", "conv5", "fc6", "fc7")
 INIT_STD = 0.01
+# "paper": every weight N(0, 0.01). "he": N(0, 2 / fan_in) (He et al., 2015), which keeps a
+# ReLU network's activations at the scale of its input through every layer.
+INITS = ("paper", "he")
 
 POOLING = {"overlapping": (3, 2), "non-overlapping": (2, 2)}
 ACTIVATIONS = ("relu", "tanh")
@@ -61,8 +64,11 @@ class AlexNet(nn.Module):
         self.features = features
         self.classifier = classifier
         self.config = dict(config)
+        self.input_scale = float(config.get("input_scale", 1.0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_scale != 1.0:
+            x = x * self.input_scale
         x = self.features(x)
         return self.classifier(torch.flatten(x, 1))
 
@@ -70,7 +76,13 @@ class AlexNet(nn.Module):
         return ", ".join(f"{k}={v!r}" for k, v in self.config.items())
 
 
-def _check(num_classes, dropout, activation, pooling, lrn, image_size, impl, conv4):
+def _number(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise TypeError(f"{name} must be a number, got {value!r}")
+
+
+def _check(num_classes, dropout, activation, pooling, lrn, image_size, impl, conv4, init,
+           positive_bias, input_scale):
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
@@ -88,6 +100,12 @@ def _check(num_classes, dropout, activation, pooling, lrn, image_size, impl, con
         raise ValueError(f"image_size must be an int >= {MIN_IMAGE_SIZE}, got {image_size!r}")
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    _number("positive_bias", positive_bias)
+    _number("input_scale", input_scale)
+    if not input_scale > 0:
+        raise ValueError(f"input_scale must be > 0, got {input_scale!r}")
 
 
 def _fastalex_layers(activation: str, dropout: float):
@@ -124,19 +142,27 @@ def _torch_layers(activation: str, dropout: float):
     return conv, hidden, nn.LocalResponseNorm, nn.MaxPool2d, nn.Linear
 
 
-def init_paper_(model: nn.Module) -> nn.Module:
+def initialise_(model: nn.Module, *, init: str = "paper",
+                positive_bias: float = 1.0) -> nn.Module:
     """The paper's initialisation, in place: every weight N(0, 0.01); biases 1 in conv2, conv4,
-    conv5, fc6 and fc7, 0 elsewhere."""
+    conv5, fc6 and fc7, 0 elsewhere. ``init="he"`` draws the weights from N(0, 2 / fan_in)
+    instead; ``positive_bias`` replaces the paper's 1 (Caffe's reference AlexNet uses 0.1)."""
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
     for name, module in model.named_modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
-            nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
-            nn.init.constant_(module.bias, 1.0 if name.split(".")[-1] in BIAS_ONE else 0.0)
+            fan_in = module.weight[0].numel()
+            std = INIT_STD if init == "paper" else (2.0 / fan_in) ** 0.5
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            positive = name.split(".")[-1] in BIAS_ONE
+            nn.init.constant_(module.bias, float(positive_bias) if positive else 0.0)
     return model
 
 
 def alexnet(num_classes: int = 1000, dropout: float = 0.5, *, activation: str = "relu",
             pooling: str = "overlapping", lrn: bool = True, image_size: int = 227,
-            impl: str = "fastalex", conv4: bool = True) -> AlexNet:
+            impl: str = "fastalex", conv4: bool = True, init: str = "paper",
+            positive_bias: float = 1.0, input_scale: float = 1.0) -> AlexNet:
     """The paper's AlexNet: 60,965,224 parameters at 227 px and 1000 classes.
 
     Args:
@@ -151,8 +177,13 @@ def alexnet(num_classes: int = 1000, dropout: float = 0.5, *, activation: str = 
         impl: ``"fastalex"`` (fused kernels) or ``"torch"`` (plain torch.nn, same state_dict).
         conv4: keep conv4 (the paper). ``False`` is the paper's depth ablation, a network
             without one middle convolutional layer: conv3's 384 maps feed conv5 directly.
+        init: ``"paper"`` weights N(0, 0.01), or ``"he"`` N(0, 2 / fan_in).
+        positive_bias: the starting bias of conv2, conv4, conv5, fc6 and fc7 (paper: 1).
+        input_scale: the input is multiplied by it first (paper: 1, raw 0-255 values minus the
+            mean; 1/64 brings them to about unit variance, the scale ``init="he"`` assumes).
     """
-    _check(num_classes, dropout, activation, pooling, lrn, image_size, impl, conv4)
+    _check(num_classes, dropout, activation, pooling, lrn, image_size, impl, conv4, init,
+           positive_bias, input_scale)
     dropout = float(dropout)
     build = _fastalex_layers if impl == "fastalex" else _torch_layers
     conv, hidden, lrn_layer, pool_layer, linear = build(activation, dropout)
@@ -174,7 +205,8 @@ def alexnet(num_classes: int = 1000, dropout: float = 0.5, *, activation: str = 
     classifier.append(("fc8", linear(HIDDEN, num_classes)))
 
     config = dict(num_classes=num_classes, dropout=dropout, activation=activation,
-                  pooling=pooling, lrn=lrn, image_size=image_size, impl=impl, conv4=conv4)
+                  pooling=pooling, lrn=lrn, image_size=image_size, impl=impl, conv4=conv4,
+                  init=init, positive_bias=float(positive_bias), input_scale=float(input_scale))
     model = AlexNet(nn.Sequential(OrderedDict(features)), nn.Sequential(OrderedDict(classifier)),
                     config)
-    return init_paper_(model)
+    return initialise_(model, init=init, positive_bias=positive_bias)

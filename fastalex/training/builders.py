@@ -198,7 +198,8 @@ def build_model(args, num_classes: int, device) -> torch.nn.Module:
     else:
         model = alexnet(num_classes, args.dropout, activation=args.activation,
                         pooling=args.pooling, lrn=args.lrn, image_size=args.crop,
-                        impl=args.impl, conv4=args.conv4).to(device)
+                        impl=args.impl, conv4=args.conv4, init=args.init,
+                        positive_bias=args.init_bias, input_scale=args.input_scale).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model

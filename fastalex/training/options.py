@@ -8,6 +8,7 @@ command line always wins. :func:`resolve` does both and checks the result.
 """
 
 import argparse
+import math
 import os
 from pathlib import Path
 
@@ -80,6 +81,15 @@ def _model_flags(m) -> None:
                    help="max-pool 3x3 stride 2 (paper) or 2x2 stride 2")
     m.add_argument("--lrn", action=argparse.BooleanOptionalAction,
                    help="local response normalisation after conv1 and conv2 (paper: on)")
+    m.add_argument("--init", choices=("paper", "he"),
+                   help="initial weights: paper N(0, 0.01), or he N(0, 2/fan_in) (He et al., "
+                        "2015), which keeps the activations at the input's scale")
+    m.add_argument("--init-bias", type=float, metavar="B",
+                   help="initial bias of conv2, conv4, conv5, fc6 and fc7 (paper: 1; Caffe's "
+                        "reference AlexNet: 0.1); the other biases start at 0")
+    m.add_argument("--input-scale", type=float, metavar="S",
+                   help="the network multiplies its input (0-255 pixel values minus the mean) "
+                        "by S first (paper: 1; 1/64 is about unit variance)")
     m.add_argument("--conv4", action=argparse.BooleanOptionalAction,
                    help="AlexNet's conv4 (paper: on); --no-conv4 removes it, conv3's 384 "
                         "maps feed conv5 directly: the depth ablation")
@@ -248,6 +258,10 @@ def check(args) -> None:
         raise UsageError("--wd must be >= 0 and --momentum in [0, 1)")
     if not 0 <= args.dropout < 1:
         raise UsageError(f"--dropout must be in [0, 1), got {args.dropout}")
+    if not args.input_scale > 0:
+        raise UsageError(f"--input-scale must be > 0, got {args.input_scale}")
+    if not math.isfinite(args.init_bias):
+        raise UsageError(f"--init-bias must be a finite number, got {args.init_bias}")
     if args.pca_std < 0 or args.warmup_epochs < 0:
         raise UsageError("--pca-std and --warmup-epochs must be >= 0")
     if args.evaluate and not args.resume:

@@ -121,10 +121,13 @@ def _build(args, device, info, output_dir: Path) -> Run:
     raw_model = builders.build_model(args, len(classes), device)
     torch.manual_seed(args.seed + info.rank)
     n_params = sum(p.numel() for p in raw_model.parameters())
-    log(info, f"model: AlexNet ({args.impl}) {n_params:,} parameters "
+    log(info, f"model: {type(raw_model).__name__} ({args.impl}) {n_params:,} parameters "
               f"({n_params * 4 / 2**20:.1f} MiB fp32), input {args.crop}x{args.crop}, "
-              f"{len(classes)} classes, activation {args.activation}, pooling {args.pooling}, "
-              f"LRN {'on' if args.lrn else 'off'}, dropout {args.dropout}")
+              f"{len(classes)} classes, activation {args.activation}" + (
+                  f", pooling {args.pooling}, LRN {'on' if args.lrn else 'off'}, dropout "
+                  f"{args.dropout}{'' if args.conv4 else ', no conv4'}; init {args.init}, "
+                  f"biases {args.init_bias:g}, input x {args.input_scale:g}"
+                  if args.model == "alexnet" else ""))
 
     prepare = builders.train_batch_preparer(args, image_stats, device)
     generator = torch.Generator()

@@ -124,6 +124,26 @@ CLAIMS = (
                  "val_top1", "no-pca", BASELINE)),
         plot="gap"),
     Claim(
+        "sgd-init", "The paper's initialisation with SGD at this scale",
+        "Section 5: weights N(0, 0.01), biases 1 in conv2, conv4, conv5, fc6 and fc7, raw "
+        "0-255 inputs minus the mean, SGD at lr 0.01. The baseline departs from it three "
+        "times (He et al.'s N(0, 2/fan_in) weights, biases 0.1, inputs times 1/64); each arm "
+        "undoes one departure, the last all three. Not a claim of the paper: what each "
+        "departure buys.",
+        (_baseline,
+         Arm("paper-weights", {"init": "paper"}),
+         Arm("paper-biases", {"init_bias": 1.0}),
+         Arm("raw-input", {"input_scale": 1.0}),
+         Arm("paper-init", {"init": "paper", "init_bias": 1.0, "input_scale": 1.0})),
+        (Measure("val top-1 error, N(0, 0.01) weights minus He's", "(not in the paper)",
+                 "val_top1", "paper-weights", BASELINE),
+         Measure("val top-1 error, biases 1 minus 0.1", "(not in the paper)", "val_top1",
+                 "paper-biases", BASELINE),
+         Measure("val top-1 error, raw 0-255 input minus times 1/64", "(not in the paper)",
+                 "val_top1", "raw-input", BASELINE),
+         Measure("val top-1 error, the paper's initialisation minus the baseline's",
+                 "(not in the paper)", "val_top1", "paper-init", BASELINE))),
+    Claim(
         "ten-crop", "10-crop testing helps",
         "Section 4.1: at test time the network averages its softmax over ten 227 px patches "
         "(the corners and centre and their reflections); the paper reports the resulting "
