@@ -62,3 +62,21 @@ def test_other_classes_are_refused(tiny_data, tmp_path):
                                               progress=False)
     assert set(result) == {"checkpoint", "epoch", "conv1", "center"} and result["epoch"] == 1
     assert json.loads(json.dumps(result)) == result
+
+
+def test_a_convnet4_checkpoint_is_scored_and_its_figures_refused(tiny_data, tmp_path, capsys):
+    out = tmp_path / "cnn"
+    assert main_in_process(["--data", tiny_data, "--model", "convnet4", "--image-size", "32",
+                            "--crop", "32", "-b", "8", "-j", "0", "--no-progress", "--device",
+                            "cpu", "--epochs", "1", "--output-dir", out]) == 0
+    printed = capsys.readouterr()
+    assert "figures not written" not in printed.err  # a CNN run writes only its curves
+    assert not (out / "neighbours.png").exists() and (out / "curves.png").exists()
+    code = evaluate_in_process([out / "model_best.pt", "-j", "0", "--no-progress", "--device",
+                                "cpu", "--json", tmp_path / "eval.json"])
+    assert code == 0
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert result["center"]["top1_error"] == pytest.approx(rows(out)[0]["val_top1_error"])
+    code = evaluate_in_process([out / "model_best.pt", "--figures", "--device", "cpu"])
+    assert code == 2
+    assert "four-layer CNN" in capsys.readouterr().err

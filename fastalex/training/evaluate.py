@@ -61,10 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_model(state: dict, device):
-    """The checkpoint's AlexNet with its weights, in eval mode, on ``device``."""
-    from fastalex.models import alexnet
+    """The checkpoint's network (AlexNet, or the four-layer CNN of ``--model convnet4``) with
+    its weights, in eval mode, on ``device``."""
+    from fastalex.models import alexnet, convnet4
 
-    model = alexnet(**state["model_config"])
+    build = convnet4 if state["args"].get("model") == "convnet4" else alexnet
+    model = build(**state["model_config"])
     model.load_state_dict(state["model"])
     return model.to(device).eval()
 
@@ -118,6 +120,9 @@ def evaluate_checkpoint(path, *, data=None, device=None, ten_crop=True, center=T
         model = model.to(memory_format=torch.channels_last)
     data_dir = _data_dir(data, state["args"], progress and info.is_main)
     image_stats = ImageStats(**state["stats"])
+    if write_figures and getattr(saved, "model", "alexnet") == "convnet4":
+        raise UsageError("--figures: the figures show AlexNet's two towers and fc7; this "
+                         "checkpoint holds the four-layer CNN (--model convnet4)")
     if write_figures and info.is_main and not (data_dir / "train").is_dir():
         raise UsageError(f"--figures: {data_dir} has no train/ split to find the nearest "
                          "training images in")

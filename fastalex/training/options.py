@@ -39,7 +39,8 @@ examples:
 def _data_flags(d) -> None:
     d.add_argument("--data", metavar="DIR",
                    help="ImageFolder tree with train/<class>/* and val/<class>/* (ILSVRC-2012 "
-                        "layout, Imagenette, ...); default: the built-in shapes dataset, "
+                        "layout, Imagenette, ...), or a directory made from one by python -m "
+                        "fastalex.prepare; default: the built-in shapes dataset, "
                         "generated into $FASTALEX_CACHE or ~/.cache/fastalex on first use")
     d.add_argument("--image-size", type=int, metavar="N",
                    help="shorter side resized to N, centre N x N crop (paper: 256)")

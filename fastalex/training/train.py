@@ -310,7 +310,8 @@ def _finish(run: Run) -> dict:
     if info.is_main and run.history:
         plots.training_curves(run.history, out / "curves.png")
         conv1 = figures.conv1_measures(*figures.conv1_weight(run.raw_model))
-        written = _write_figures(run)
+        # The figures show AlexNet's towers and fc7; the four-layer CNN has neither.
+        written = _write_figures(run) if run.args.model == "alexnet" else []
         last, best = run.history[-1], run.best
         log(info, f"done: val top-1 error {100 * last['val_top1_error']:.2f}% "
                   f"(top-5 {100 * last['val_top5_error']:.2f}%) after {last['epoch']} epochs; "
