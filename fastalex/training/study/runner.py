@@ -37,7 +37,7 @@ class Budget:
 
 
 FULL = Budget(alexnet_epochs=4, convnet4_epochs=12)
-QUICK = Budget(alexnet_epochs=2, convnet4_epochs=2)
+QUICK = Budget(alexnet_epochs=1, convnet4_epochs=2)
 
 
 def _grid_points(arm) -> list[dict]:
