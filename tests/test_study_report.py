@@ -115,3 +115,20 @@ def test_report_cites_its_plots(tmp_path):
     assert "made up" in text and "**Verdict rule.**" in text
     assert "![Dropout prevents overfitting](dropout.png)" in text
     assert (tmp_path / "dropout.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_finding_says_whether_the_departure_helps():
+    """sgd-init is not a claim of the paper: the same verdict rule, in its own words."""
+    claim = _claim("sgd-init")
+    assert {m.arm for m in claim.measures} == {"paper-weights", "paper-biases", "raw-input",
+                                               "paper-init"}
+    assert all(m.finding and m.reference == claims.BASELINE for m in claim.measures)
+    chance = _runs({"baseline": {s: _history([0.30 + 0.01 * s], [0.3]) for s in range(3)},
+                    "paper-init": {s: _history([0.90], [0.9]) for s in range(3)}})
+    measure = next(m for m in claim.measures if m.arm == "paper-init")
+    row = report.measure_row(claim, measure, chance)
+    assert row.verdict == "the departure helps"
+    assert row.effect.startswith("+59.00 points")
+    better = _runs({"baseline": {s: _history([0.50 + 0.01 * s], [0.3]) for s in range(3)},
+                    "paper-init": {s: _history([0.40 + 0.01 * s], [0.3]) for s in range(3)}})
+    assert report.measure_row(claim, measure, better).verdict == "the departure hurts"

@@ -38,6 +38,7 @@ class Measure:
     reference: str
     kind: str = "difference"  # or "ratio"
     unit: str = " points"
+    finding: bool = False  # not a claim of the paper: the verdict says whether the change helps
 
     @property
     def null(self) -> float:
@@ -136,13 +137,13 @@ CLAIMS = (
          Arm("raw-input", {"input_scale": 1.0}),
          Arm("paper-init", {"init": "paper", "init_bias": 1.0, "input_scale": 1.0})),
         (Measure("val top-1 error, N(0, 0.01) weights minus He's", "(not in the paper)",
-                 "val_top1", "paper-weights", BASELINE),
+                 "val_top1", "paper-weights", BASELINE, finding=True),
          Measure("val top-1 error, biases 1 minus 0.1", "(not in the paper)", "val_top1",
-                 "paper-biases", BASELINE),
+                 "paper-biases", BASELINE, finding=True),
          Measure("val top-1 error, raw 0-255 input minus times 1/64", "(not in the paper)",
-                 "val_top1", "raw-input", BASELINE),
+                 "val_top1", "raw-input", BASELINE, finding=True),
          Measure("val top-1 error, the paper's initialisation minus the baseline's",
-                 "(not in the paper)", "val_top1", "paper-init", BASELINE))),
+                 "(not in the paper)", "val_top1", "paper-init", BASELINE, finding=True))),
     Claim(
         "ten-crop", "10-crop testing helps",
         "Section 4.1: at test time the network averages its softmax over ten 227 px patches "

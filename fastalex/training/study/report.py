@@ -32,6 +32,14 @@ class Row:
     n: int
 
 
+# A finding's verdict (a change the paper does not make): the same rule, other words.
+FINDING_VERDICTS = {
+    statistics.REPRODUCED: "the departure helps",
+    statistics.NOT_REPRODUCED: "the departure hurts",
+    statistics.INCONCLUSIVE: "no difference shown at this scale",
+}
+
+
 def _fmt(x: float, unit: str) -> str:
     return f"{x:.2f}{unit}" if unit == "x" else f"{x:+.2f}{unit}"
 
@@ -55,6 +63,8 @@ def measure_row(claim, measure, runs: dict) -> Row:
     verdict = statistics.verdict(s, measure.null)
     if bound and verdict == statistics.NOT_REPRODUCED:  # lower bounds cannot refute
         verdict = statistics.INCONCLUSIVE
+    if measure.finding:
+        verdict = FINDING_VERDICTS[verdict]
     return Row(name, measure.label, measure.paper, effect, interval, verdict, s.n)
 
 
