@@ -14,7 +14,7 @@ from torch import nn
 
 import fastalex
 from fastalex.models import alexnet
-from fastalex.training import evaluate, figures, plots
+from fastalex.training import builders, checkpoint, evaluate, figures, options, plots
 from fastalex.training.data.stats import ImageStats
 from train_helpers import TINY, evaluate_in_process, main_in_process, tiny_data  # noqa: F401
 
@@ -243,7 +243,9 @@ def test_training_and_evaluate_write_the_figures(tiny_data, tmp_path, capsys):
     assert main_in_process(["--data", tiny_data, *TINY, "--epochs", "1", "--output-dir", out]) == 0
     printed = capsys.readouterr().out
     assert "conv1 colour share per tower" in printed
-    for name in figures.FILES:
+    assert "learned since initialisation: conv1 colour share per tower" in printed
+    every = (*figures.FILES, figures.CONV1_LEARNED)  # a checkpoint keeps conv1's start
+    for name in every:
         assert png_size(out / name) and str(out / name) in printed
 
     elsewhere = tmp_path / "figures"
@@ -252,9 +254,10 @@ def test_training_and_evaluate_write_the_figures(tiny_data, tmp_path, capsys):
                                 "cpu", "--json", tmp_path / "eval.json"]) == 0
     printed = capsys.readouterr().out
     result = json.loads((tmp_path / "eval.json").read_text())
-    assert result["figures"] == [str(elsewhere / name) for name in figures.FILES]
-    assert set(result["conv1"]) == {"colour_tower1", "colour_tower2", "roughness_tower1",
-                                    "roughness_tower2"}
+    assert result["figures"] == [str(elsewhere / name) for name in every]
+    measures = {"colour_tower1", "colour_tower2", "roughness_tower1", "roughness_tower2"}
+    assert set(result["conv1"]) == measures | {"learned"}
+    assert set(result["conv1"]["learned"]) == measures
     assert f"{result['conv1']['colour_tower1']:.3f}" in printed
     assert png_size(elsewhere / figures.CONV1_KERNELS) == png_size(out / figures.CONV1_KERNELS)
     # tiny data: 20 validation images, 8 of them with their bars; 5 queries, 6 neighbours
@@ -262,11 +265,31 @@ def test_training_and_evaluate_write_the_figures(tiny_data, tmp_path, capsys):
     assert png_size(elsewhere / figures.NEIGHBOURS) == (2 * (2 + 7 * 69 + 16), 2 * (2 + 5 * 69))
 
     # next to the checkpoint by default
-    for name in figures.FILES:
+    for name in every:
         (out / name).unlink()
     assert evaluate_in_process([out / "model_best.pt", "--figures", "--crops", "center",
                                 "-j", "0", "--no-progress", "--device", "cpu"]) == 0
-    assert all((out / name).is_file() for name in figures.FILES)
+    assert all((out / name).is_file() for name in every)
+
+
+def test_learned_is_the_change_since_the_run_s_initial_conv1(tiny_data, tmp_path):
+    """The checkpoint keeps the initial conv1 a fresh model with the run's seed would have,
+    and the learned change is the final weight minus it."""
+    out = tmp_path / "run"
+    assert main_in_process(["--data", tiny_data, *TINY, "--epochs", "1", "--output-dir", out,
+                            "--seed", "5"]) == 0
+    state = checkpoint.load(out / "checkpoint.pt", map_location="cpu")
+    args = options.resolve(["--data", str(tiny_data), *map(str, TINY), "--seed", "5"])
+    torch.manual_seed(5)
+    fresh = builders.build_model(args, len(state["classes"]), torch.device("cpu"))
+    torch.testing.assert_close(state["conv1_init"], fresh.features.conv1.weight.detach(),
+                               rtol=0, atol=0)
+    final = state["model"]["features.conv1.weight"]
+    change = figures.learned(final, state["conv1_init"])
+    torch.testing.assert_close(change, final - state["conv1_init"], rtol=0, atol=0)
+    assert change.abs().max() > 0  # one epoch of SGD moved it
+    with pytest.raises(ValueError, match="conv1_init: shape"):
+        figures.learned(final, state["conv1_init"][:10])
 
 
 def test_a_figure_error_is_one_warning_and_the_run_succeeds(tiny_data, tmp_path, capsys,

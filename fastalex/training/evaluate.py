@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON here")
     p.add_argument("--figures", action="store_true",
-                   help="also write conv1_kernels.png, top5.png and neighbours.png (the "
+                   help="also write conv1_kernels.png, top5.png, neighbours.png and, when the "
+                        "checkpoint keeps conv1's initial weights, conv1_learned.png (the "
                         "paper's Figures 3 and 4)")
     p.add_argument("--output-dir", metavar="DIR",
                    help="where --figures writes (default: the checkpoint's directory)")
@@ -133,7 +134,13 @@ def evaluate_checkpoint(path, *, data=None, device=None, ten_crop=True, center=T
     weight, groups = figures.conv1_weight(model)
     results = {"checkpoint": str(path), "epoch": state.get("epoch"),
                "conv1": figures.conv1_measures(weight, groups)}
+    if state.get("conv1_init") is not None:
+        results["conv1"]["learned"] = figures.conv1_measures(
+            figures.learned(weight, state["conv1_init"]), groups)
     log(info, figures.describe_measures(results["conv1"]))
+    if "learned" in results["conv1"]:
+        log(info, "learned since initialisation: " + figures.describe_measures(
+            results["conv1"]["learned"]))
     for name, ten in (("center", False), ("ten_crop", True)):
         if (ten and not ten_crop) or (not ten and not center):
             continue
@@ -157,7 +164,7 @@ def evaluate_checkpoint(path, *, data=None, device=None, ten_crop=True, center=T
             model, data_dir, out_dir, image_stats=image_stats, args=saved,
             classes=state["classes"], device=device,
             max_neighbour_images=neighbour_images or figures.NEIGHBOUR_IMAGES,
-            batch_size=batch_size, workers=workers)
+            batch_size=batch_size, workers=workers, conv1_init=state.get("conv1_init"))
         results["figures"] = [str(p) for p in written]
         log(info, "wrote " + ", ".join(results["figures"]))
     if json_path and info.is_main:

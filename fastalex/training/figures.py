@@ -6,7 +6,11 @@ Three PNGs from a model and its data (:func:`write_figures`):
   only their own half of conv1's maps: kernels 0-47 and 48-95), as the paper's Figure 3;
 - ``top5.png``: validation images with their five most probable labels (Figure 4, left);
 - ``neighbours.png``: validation images, each followed by the six training images whose fc7
-  activations are nearest in Euclidean distance (Figure 4, right).
+  activations are nearest in Euclidean distance (Figure 4, right);
+- ``conv1_learned.png``, when the run's initial conv1 weights are known (a checkpoint keeps
+  them): the change since initialisation, laid out as ``conv1_kernels.png``. A short run
+  changes conv1 by a fraction of its random start, so the kernels themselves still look like
+  noise; the change shows what the gradient put there.
 
 and the numbers that say what the first layer holds (:func:`conv1_measures`): per tower, the
 colour share (the paper sees one tower colour-agnostic, the other colour-specific) and the
@@ -27,7 +31,8 @@ from fastalex.training.startup import install_warning_format
 CONV1_KERNELS = "conv1_kernels.png"
 TOP5 = "top5.png"
 NEIGHBOURS = "neighbours.png"
-FILES = (CONV1_KERNELS, TOP5, NEIGHBOURS)
+CONV1_LEARNED = "conv1_learned.png"
+FILES = (CONV1_KERNELS, TOP5, NEIGHBOURS)  # and CONV1_LEARNED when the initial conv1 is known
 
 NEIGHBOURS_PER_QUERY = 6
 TOP5_IMAGES = 8
@@ -88,11 +93,21 @@ def conv1_measures(weight: torch.Tensor, groups: int = 2) -> dict:
 
 def describe_measures(measures: dict) -> str:
     """The measures as one line of a log."""
-    towers_ = sorted({k.rsplit("tower", 1)[1] for k in measures})
+    towers_ = sorted({k.rsplit("tower", 1)[1] for k in measures if "_tower" in k})
     colour = ", ".join(f"{measures[f'colour_tower{t}']:.3f}" for t in towers_)
     rough = ", ".join(f"{measures[f'roughness_tower{t}']:.3f}" for t in towers_)
     return (f"conv1 colour share per tower {colour} (grey 0, colour-opponent 1, noise 0.67); "
             f"roughness {rough} (smooth 0, per-pixel noise 1)")
+
+
+def learned(weight: torch.Tensor, initial: torch.Tensor) -> torch.Tensor:
+    """conv1's change since initialisation, ``weight - initial`` (float32, on the CPU)."""
+    weight = weight.detach().float().cpu()
+    initial = torch.as_tensor(initial).float().cpu()
+    if initial.shape != weight.shape:
+        raise ValueError(f"conv1_init: shape {list(initial.shape)} does not match conv1's "
+                         f"{list(weight.shape)}")
+    return weight - initial
 
 
 def conv1_weight(model) -> tuple[torch.Tensor, int]:
@@ -250,18 +265,24 @@ def data_root(split_dataset) -> Path:
 
 def write_figures(model, data_dir, output_dir, *, image_stats, args, classes, device="cpu",
                   max_neighbour_images: int = NEIGHBOUR_IMAGES, batch_size: int = 128,
-                  workers: int = 0, warn_unreadable: bool = True) -> list[Path]:
+                  workers: int = 0, warn_unreadable: bool = True,
+                  conv1_init: torch.Tensor | None = None) -> list[Path]:
     """Write :data:`FILES` into ``output_dir`` for ``model`` (the paper's AlexNet, put in eval
     mode and back) on ``data_dir`` (an ImageFolder tree or prepared data), seen through the run's evaluation
     transform (``args``: the run's configuration, its ``image_size``, ``crop`` and
     ``per_channel_mean``). Returns the paths. ``warn_unreadable=False`` skips unreadable
-    images silently (at the end of a run, whose epochs already named each of them)."""
+    images silently (at the end of a run, whose epochs already named each of them).
+    ``conv1_init`` (conv1's initial weight) adds :data:`CONV1_LEARNED`."""
     from fastalex.training import builders
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     weight, groups = conv1_weight(model)
     plots.kernel_grid(weight, output_dir / CONV1_KERNELS, groups=groups)
+    written = [output_dir / name for name in FILES]
+    if conv1_init is not None:
+        plots.kernel_grid(learned(weight, conv1_init), output_dir / CONV1_LEARNED, groups=groups)
+        written.append(output_dir / CONV1_LEARNED)
 
     transform = builders.val_transform(args, image_stats, ten_crop=False)
     val_set = builders.load_val_split(Path(data_dir), transform)
@@ -303,7 +324,7 @@ def write_figures(model, data_dir, output_dir, *, image_stats, args, classes, de
                               output_dir / NEIGHBOURS)
     finally:
         model.train(training)
-    return [output_dir / name for name in FILES]
+    return written
 
 
 def _ignore_unreadable(*_) -> None:

@@ -60,6 +60,7 @@ class Run:
     step: int = 0
     best: dict | None = None
     history: list = field(default_factory=list)
+    conv1_init: torch.Tensor | None = None  # conv1's initial weight, for figures.learned
 
 
 def seed_everything(seed: int) -> None:
@@ -139,7 +140,7 @@ def _build(args, device, info, output_dir: Path) -> Run:
     log(info, f"optimisation: {_describe_optimisation(args, info, device)}")
     return Run(args, device, info, output_dir, raw_model, raw_model, optimizer, scheduler,
                scaler, train_loader, val_loader, train_sampler, generator, prepare, image_stats,
-               classes)
+               classes, conv1_init=raw_model.features.conv1.weight.detach().float().cpu().clone())
 
 
 def _restore(run: Run, path) -> None:
@@ -169,6 +170,7 @@ def _restore(run: Run, path) -> None:
         run.scaler.load_state_dict(state["scaler"])
     run.start_epoch, run.step = state["epoch"], state["step"]
     run.best, run.history = state.get("best"), list(state.get("history", []))
+    run.conv1_init = state.get("conv1_init")
     rng = state["rng"]
     checkpoint.set_rng_state(rng[min(run.info.rank, len(rng) - 1)], run.generator)
     log(run.info, f"resumed from {path}: {run.start_epoch} epochs done, step {run.step}")
@@ -273,7 +275,7 @@ def _record(run: Run, row: dict, decayed: bool) -> None:
                    ("mean_image", "mean_rgb", "eigvals", "eigvecs", "num_images", "size")}
     common = {"args": vars(run.args), "model_config": run.raw_model.config,
               "classes": run.classes, "stats": image_stats, "epoch": row["epoch"],
-              "step": run.step, "best": run.best, "metrics": row}
+              "step": run.step, "best": run.best, "metrics": row, "conv1_init": run.conv1_init}
     checkpoint.save({
         **common, "model": run.raw_model.state_dict(), "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(),
@@ -291,7 +293,8 @@ def _write_figures(run: Run) -> list:
         return figures.write_figures(
             run.raw_model, figures.data_root(run.val_loader.dataset), run.output_dir,
             image_stats=run.image_stats, args=run.args, classes=run.classes, device=run.device,
-            batch_size=run.args.batch_size, workers=run.args.workers, warn_unreadable=False)
+            batch_size=run.args.batch_size, workers=run.args.workers, warn_unreadable=False,
+            conv1_init=run.conv1_init)
     except Exception as exc:  # noqa: BLE001 - the training itself is done and saved
         warnings.warn(f"figures not written: {type(exc).__name__}: {exc}", figures.FigureWarning)
         return []
@@ -309,7 +312,11 @@ def _finish(run: Run) -> dict:
     conv1 = None
     if info.is_main and run.history:
         plots.training_curves(run.history, out / "curves.png")
-        conv1 = figures.conv1_measures(*figures.conv1_weight(run.raw_model))
+        weight, groups = figures.conv1_weight(run.raw_model)
+        conv1 = figures.conv1_measures(weight, groups)
+        if run.conv1_init is not None:
+            conv1["learned"] = figures.conv1_measures(
+                figures.learned(weight, run.conv1_init), groups)
         # The figures show AlexNet's towers and fc7; the four-layer CNN has neither.
         written = _write_figures(run) if run.args.model == "alexnet" else []
         last, best = run.history[-1], run.best
@@ -320,6 +327,9 @@ def _finish(run: Run) -> dict:
             log(info, f"stopped after epoch {last['epoch']} of {run.args.epochs} "
                       f"(--stop-after): continue with --resume {out / checkpoint.CHECKPOINT}")
         log(info, figures.describe_measures(conv1))
+        if "learned" in conv1:
+            log(info, "learned since initialisation: " + figures.describe_measures(
+                conv1["learned"]))
         log(info, "wrote " + ", ".join(str(p) for p in (
             out / metrics.METRICS, out / checkpoint.CHECKPOINT, out / checkpoint.BEST,
             out / "curves.png", *written)))
