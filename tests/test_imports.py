@@ -1,4 +1,5 @@
-"""No import cycles in fastalex, and every module imports in a fresh interpreter.
+"""No import cycles in fastalex, the library never imports the training application, and every
+module imports in a fresh interpreter.
 
 The graph is read from the source with ``ast``: every ``import`` statement counts, at module
 level or inside a function (a cycle closed by a deferred import still ties the two modules
@@ -104,6 +105,25 @@ def test_no_import_cycles():
     assert "fastalex.training.train" in graph and "fastalex.kernels.conv" in graph
     assert "fastalex.training.builders" in graph["fastalex.training.train"]
     assert cycles(graph) == []
+
+
+# The training application and the entry modules of its commands; the rest is the library.
+APPLICATION = ("fastalex.training", "fastalex.train", "fastalex.evaluate", "fastalex.prepare",
+               "fastalex.reproduce")
+
+
+def _in_application(name: str) -> bool:
+    return any(name == a or name.startswith(a + ".") for a in APPLICATION)
+
+
+def test_the_library_never_imports_the_training_application():
+    graph = import_graph(PACKAGES)
+    library = {name: edges for name, edges in graph.items() if not _in_application(name)}
+    assert "fastalex.layers" in library and "fastalex.models.alexnet" in library
+    assert "fastalex.kernels.conv" in library
+    offending = {name: sorted(e for e in edges if _in_application(e))
+                 for name, edges in library.items()}
+    assert {name: e for name, e in offending.items() if e} == {}
 
 
 def test_the_cycle_check_finds_cycles(tmp_path):
