@@ -131,16 +131,10 @@ def evaluate_checkpoint(path, *, data=None, device=None, ten_crop=True, center=T
 
     log(info, f"checkpoint: {path} (epoch {state.get('epoch')}, {len(state['classes'])} "
               f"classes, input {saved.crop} px)")
-    weight, groups = figures.conv1_weight(model)
     results = {"checkpoint": str(path), "epoch": state.get("epoch"),
-               "conv1": figures.conv1_measures(weight, groups)}
-    if state.get("conv1_init") is not None:
-        results["conv1"]["learned"] = figures.conv1_measures(
-            figures.learned(weight, state["conv1_init"]), groups)
-    log(info, figures.describe_measures(results["conv1"]))
-    if "learned" in results["conv1"]:
-        log(info, "learned since initialisation: " + figures.describe_measures(
-            results["conv1"]["learned"]))
+               "conv1": figures.first_layer_measures(model, state.get("conv1_init"))}
+    for line in figures.describe_first_layer(results["conv1"]):
+        log(info, line)
     for name, ten in (("center", False), ("ten_crop", True)):
         if (ten and not ten_crop) or (not ten and not center):
             continue

@@ -100,6 +100,24 @@ def describe_measures(measures: dict) -> str:
             f"roughness {rough} (smooth 0, per-pixel noise 1)")
 
 
+def first_layer_measures(model, conv1_init: torch.Tensor | None = None) -> dict:
+    """:func:`conv1_measures` of ``model``'s conv1, plus ``"learned"``: those of its change
+    since ``conv1_init`` when that is known."""
+    weight, groups = conv1_weight(model)
+    out = conv1_measures(weight, groups)
+    if conv1_init is not None:
+        out["learned"] = conv1_measures(learned(weight, conv1_init), groups)
+    return out
+
+
+def describe_first_layer(measures: dict) -> list[str]:
+    """:func:`first_layer_measures` as log lines."""
+    lines = [describe_measures(measures)]
+    if "learned" in measures:
+        lines.append("learned since initialisation: " + describe_measures(measures["learned"]))
+    return lines
+
+
 def learned(weight: torch.Tensor, initial: torch.Tensor) -> torch.Tensor:
     """conv1's change since initialisation, ``weight - initial`` (float32, on the CPU)."""
     weight = weight.detach().float().cpu()

@@ -312,11 +312,7 @@ def _finish(run: Run) -> dict:
     conv1 = None
     if info.is_main and run.history:
         plots.training_curves(run.history, out / "curves.png")
-        weight, groups = figures.conv1_weight(run.raw_model)
-        conv1 = figures.conv1_measures(weight, groups)
-        if run.conv1_init is not None:
-            conv1["learned"] = figures.conv1_measures(
-                figures.learned(weight, run.conv1_init), groups)
+        conv1 = figures.first_layer_measures(run.raw_model, run.conv1_init)
         # The figures show AlexNet's towers and fc7; the four-layer CNN has neither.
         written = _write_figures(run) if run.args.model == "alexnet" else []
         last, best = run.history[-1], run.best
@@ -326,10 +322,8 @@ def _finish(run: Run) -> dict:
         if last["epoch"] < run.args.epochs:
             log(info, f"stopped after epoch {last['epoch']} of {run.args.epochs} "
                       f"(--stop-after): continue with --resume {out / checkpoint.CHECKPOINT}")
-        log(info, figures.describe_measures(conv1))
-        if "learned" in conv1:
-            log(info, "learned since initialisation: " + figures.describe_measures(
-                conv1["learned"]))
+        for line in figures.describe_first_layer(conv1):
+            log(info, line)
         log(info, "wrote " + ", ".join(str(p) for p in (
             out / metrics.METRICS, out / checkpoint.CHECKPOINT, out / checkpoint.BEST,
             out / "curves.png", *written)))
